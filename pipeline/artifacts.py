@@ -1,0 +1,176 @@
+"""Model artefacts: a directory with ``model.safetensors`` and ``model.json``. Never pickle.
+
+``model_version`` is a content hash over what determines the embeddings: the weights' sha256, the
+architecture (backbone, embedding size) and the preprocessing. Thresholds and metrics are NOT in
+the hash: recalibrating a model does not make its embeddings incompatible with a gallery.
+Loading re-hashes the weights and refuses a directory whose files disagree with model.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import ModelArtifactError
+from pipeline.model.encoder import INPUT_MEAN, INPUT_STD, SiameseEncoder, build_encoder
+
+log = logging.getLogger(__name__)
+
+FORMAT = "facepipe-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "model.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+REQUIRED_KEYS = ("format", "format_version", "model_version", "weights_sha256", "backbone", "embedding_dim",
+                 "preprocessing", "thresholds", "default_threshold")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An encoder in eval mode with its metadata (``meta`` is model.json as a dict)."""
+
+    encoder: SiameseEncoder
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def model_version(self) -> str:
+        return str(self.meta["model_version"])
+
+    @property
+    def threshold(self) -> float:
+        """The default decision threshold (cosine) calibrated at the default FAR."""
+        return float(self.meta["default_threshold"])
+
+
+def sha256_bytes_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compute_model_version(weights_sha256: str, backbone: str, embedding_dim: int, preprocessing: dict[str, Any]) -> str:
+    """Content hash naming the embedding space: ``m-`` + 16 hex digits."""
+    ident = json.dumps({"w": weights_sha256, "b": backbone, "d": embedding_dim, "p": preprocessing}, sort_keys=True)
+    return "m-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool) -> dict[str, Any]:
+    return {"crop_fraction": crop_fraction, "image_size_px": image_size_px, "mean": list(INPUT_MEAN),
+            "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, backbone: str,
+               preprocessing: dict[str, Any], thresholds: dict[str, float], default_far: float,
+               metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write weights (safetensors) then model.json (the commit point). Returns the metadata written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": FORMAT})
+        weights_sha = sha256_bytes_of(Path(tmp))
+        os.replace(tmp, out / WEIGHTS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    key = f"far={default_far:g}"
+    if key not in thresholds:
+        raise ModelArtifactError(f"no calibrated threshold for the default FAR {default_far:g}; have {sorted(thresholds)}")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_version": compute_model_version(weights_sha, backbone, encoder.embedding_dim, preprocessing),
+        "weights_sha256": weights_sha,
+        "backbone": backbone,
+        "embedding_dim": encoder.embedding_dim,
+        "preprocessing": preprocessing,
+        "thresholds": thresholds,
+        "default_far": default_far,
+        "default_threshold": thresholds[key],
+        "metrics": metrics,
+        "config": config,
+        "training": training or {},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+    }
+    _atomic_write(out / META, json.dumps(meta, indent=2, sort_keys=True).encode())
+    log.info("saved model %s to %s", meta["model_version"], out)
+    return meta
+
+
+def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check model.json without loading weights (no torch work)."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelArtifactError(f"model directory {d} does not exist")
+    meta_path = d / META
+    if not meta_path.is_file():
+        pickles = [p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = f" (found {pickles}: pickled weights are refused; export to safetensors)" if pickles else ""
+        raise ModelArtifactError(f"{d} is not a facepipe model: no {META}{hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelArtifactError(f"{meta_path}: expected a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelArtifactError(f"{meta_path}: missing key(s) {missing}")
+    if meta["format"] != FORMAT or meta["format_version"] != FORMAT_VERSION:
+        raise ModelArtifactError(f"{meta_path}: format {meta['format']!r} v{meta['format_version']} is not "
+                                 f"{FORMAT!r} v{FORMAT_VERSION}")
+    expected = compute_model_version(meta["weights_sha256"], meta["backbone"], meta["embedding_dim"], meta["preprocessing"])
+    if meta["model_version"] != expected:
+        raise ModelArtifactError(f"{meta_path}: model_version {meta['model_version']} does not match its contents "
+                                 f"(expected {expected}); the file was edited")
+    return meta
+
+
+def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> LoadedModel:
+    """Load and verify a model directory: JSON keys, weights hash, version hash, architecture."""
+    d = Path(model_dir)
+    meta = read_model_meta(d)
+    weights = d / WEIGHTS
+    if not weights.is_file():
+        raise ModelArtifactError(f"{d}: {WEIGHTS} is missing")
+    actual = sha256_bytes_of(weights)
+    if actual != meta["weights_sha256"]:
+        raise ModelArtifactError(f"{weights}: sha256 {actual[:12]}... does not match model.json "
+                                 f"({meta['weights_sha256'][:12]}...): weights were replaced or corrupted")
+    encoder = build_encoder(meta["backbone"], int(meta["embedding_dim"]))
+    try:
+        state = load_file(weights, device=device)
+        encoder.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelArtifactError(f"{weights} does not fit backbone {meta['backbone']!r}: {exc}") from exc
+    encoder.eval()
+    return LoadedModel(encoder=encoder, meta=meta, path=d)

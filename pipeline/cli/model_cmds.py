@@ -1,0 +1,178 @@
+"""CLI commands about models: train, evaluate, embed, demo, fetch-lfw."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import load_model
+from pipeline.cli.common import progress, table, train_progress, write_rejects
+from pipeline.config import load_config
+from pipeline.data.lfw import fetch_lfw, lfw_layout, resolve_data_dir
+from pipeline.data.manifest import read_images
+from pipeline.data.pairs import pair_people, parse_pairs
+from pipeline.embed import embed_array, embeddings_table, iter_embed_table, write_parquet_atomic
+from pipeline.errors import DataError
+from pipeline.evaluation import achieved_far, build_eval_set, evaluate_embeddings
+from pipeline.metrics import all_pair_scores
+from pipeline.prepare import prepare_training
+from pipeline.report import plot_roc, plot_score_histogram
+from pipeline.train import identity_hashes, train
+
+
+def _config(args: argparse.Namespace, extra: list[str] | None = None):
+    overrides = list(extra or []) + list(args.set or [])
+    if getattr(args, "minutes", None) is not None:
+        overrides.append(f"train.minutes={args.minutes}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace, out) -> int:
+    cfg = _config(args)
+    data = prepare_training(args.data, args.pairs, cfg)
+    if len(data.rejects):
+        write_rejects(data.rejects, Path(args.out) / "train-rejects.parquet", out)
+    on_step, close = train_progress(not args.quiet)
+    try:
+        result = train(cfg, data, args.out, resume=args.resume, on_step=on_step)
+    finally:
+        close()
+    val = result.meta["metrics"]["val"]
+    pairs = val.get("pairs", {})
+    out(f"model {result.meta['model_version']} saved to {result.model_dir}")
+    out(table([
+        ("backbone", cfg.model.backbone),
+        ("steps / epochs", f"{result.steps} / {result.epochs:.1f}"),
+        ("minutes", f"{result.seconds / 60:.2f}"),
+        ("train images / people", f"{len(data.labels)} / {len(data.class_names)}"),
+        ("val AUC (pairs)", f"{pairs.get('auc', float('nan')):.4f}"),
+        ("threshold @ FAR", ", ".join(f"{k}: {v:.4f}" for k, v in result.meta["thresholds"].items())),
+    ]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, out) -> int:
+    model = load_model(args.model)
+    pre = model.meta["preprocessing"]
+    pairs = parse_pairs(args.pairs)
+    if args.folds == "all":
+        folds = sorted(set(pairs["fold"]))
+    elif args.folds:
+        folds = [int(f) for f in args.folds.split(",")]
+    else:  # the folds the model was told never to train on
+        folds = [f for f in model.meta["config"]["data"]["dev_folds"] if f in set(pairs["fold"])]
+    sel = pairs[pairs["fold"].isin(folds)]
+    if sel.empty:
+        raise DataError(f"{args.pairs}: no pairs in folds {folds}")
+    trained_on = set(model.meta.get("training", {}).get("train_identity_hashes", []))
+    overlap = {p for p in pair_people(sel) if identity_hashes([p])[0] in trained_on}
+    if overlap:
+        out(f"warning: {len(overlap)} evaluated people were in the training set, e.g. {sorted(overlap)[:3]}")
+    data_table = read_images(args.data, require_identities=True, required=("image_path", "identity"))
+    t0 = time.monotonic()
+    es = build_eval_set("eval", data_table, frozenset(pair_people(sel)), sel, float(pre["crop_fraction"]),
+                        int(pre["image_size_px"]))
+    with progress(len(es.images), "embed", enabled=not args.quiet) as update:
+        emb = embed_array(model.encoder, es.images, flip_tta=bool(pre["flip_tta"]), mean=tuple(pre["mean"]),
+                          std=tuple(pre["std"]), progress=update)
+    seconds = time.monotonic() - t0
+    fars = tuple(float(k.split("=")[1]) for k in model.meta["thresholds"])
+    metrics = evaluate_embeddings(es, emb, fars)
+    metrics["folds"] = folds
+    metrics["model_version"] = model.model_version
+    metrics["threshold"] = model.threshold
+    metrics["achieved_far"] = {k: achieved_far(emb, es.identities, t) for k, t in model.meta["thresholds"].items()}
+    metrics["images_per_s"] = len(emb) / seconds
+    out_path = Path(args.out) if args.out else Path(args.model) / "eval" / "metrics.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(metrics, indent=2))
+    pair_scores = (emb[es.pair_i] * emb[es.pair_j]).sum(axis=1)
+    all_s, all_l = all_pair_scores(emb, es.identities)
+    stem = out_path.with_suffix("")
+    plot_roc({"pairs": (pair_scores, es.same), "all pairs": (all_s, all_l)}, f"{stem}_roc.png",
+             threshold_far=float(model.meta.get("default_far", 1e-3)))
+    plot_score_histogram(all_s, all_l, f"{stem}_scores.png", model.threshold)
+    p = metrics["pairs"]
+    far_key = f"{model.meta.get('default_far', 1e-3):g}"
+    out(table([
+        ("folds / pairs", f"{folds} / {p['pairs']}"),
+        ("accuracy (k-fold)", f"{p['accuracy']:.4f} +- {p['accuracy_std']:.4f}"),
+        ("ROC AUC", f"{p['auc']:.4f}"),
+        ("EER", f"{p['eer']:.4f}"),
+        (f"TAR @ FAR={far_key} (all pairs)", f"{metrics['all_pairs']['tar_at_far'][far_key]:.4f}"),
+        ("FAR at model threshold", f"{metrics['achieved_far'][f'far={far_key}']:.5f}"),
+    ]))
+    out(f"wrote {out_path}, {stem}_roc.png, {stem}_scores.png")
+    write_rejects(es.rejects, Path(f"{stem}_rejects.parquet"), out)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace, out) -> int:
+    model = load_model(args.model)
+    images = read_images(args.images)
+    rows, embs, rejects = [], [], []
+    t0 = time.monotonic()
+    with progress(len(images), "embed", enabled=not args.quiet) as update:
+        for chunk in iter_embed_table(model, images, chunk_size=args.chunk_size, progress=update):
+            rows.append(chunk.rows)
+            embs.append(chunk.embeddings)
+            rejects.append(chunk.rejects)
+    import pandas as pd
+
+    all_rows = pd.concat(rows, ignore_index=True)
+    all_emb = np.concatenate(embs) if embs else np.zeros((0, model.encoder.embedding_dim), np.float32)
+    write_parquet_atomic(embeddings_table(all_rows, all_emb, model.model_version), args.out)
+    rate = len(images) / (time.monotonic() - t0)
+    out(f"embedded {len(all_rows)} of {len(images)} images ({rate:.0f} img/s) -> {args.out}")
+    write_rejects(pd.concat(rejects, ignore_index=True), Path(args.out).with_suffix(".rejects.parquet"), out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out) -> int:
+    data_dir = resolve_data_dir(args.data)
+    from pipeline.demo import run_demo  # imports indexes (allowed for the CLI)
+
+    cfg = _config(args)
+    out_dir = Path(args.out)
+    out(f"demo: data {data_dir}, {cfg.train.minutes:g} min training budget, output {out_dir}")
+    on_step, close = train_progress(not args.quiet)
+    try:
+        res = run_demo(data_dir, out_dir, cfg, on_step=on_step)
+    finally:
+        close()
+    s = res.summary
+    far_key = f"{cfg.eval.default_far:g}"
+    out(table([
+        ("model", f"{s['model_version']} ({cfg.model.backbone}, {s['train_minutes']} min, {s['train_people']} people)"),
+        ("dev pairs (never trained on)", str(s["dev_pairs"])),
+        ("pair accuracy (k-fold)", f"{s['pair_accuracy']:.4f} +- {s['pair_accuracy_std']:.4f}"),
+        ("ROC AUC", f"{s['auc']:.4f}"),
+        ("EER", f"{s['eer']:.4f}"),
+        (f"TAR @ FAR={far_key}", f"{s[f'tar@far={far_key}']:.4f}  (threshold {s['threshold']:.4f}, "
+                                  f"achieved FAR {s['achieved_far']:.5f})"),
+        ("one-shot gallery", f"{s['enrolled_people']} people, 1 image each"),
+        ("one-shot rank-1 / rank-5", f"{s['one_shot_rank1']:.4f} / {s['one_shot_rank5']:.4f}  "
+                                     f"({s['known_probes']} probes)"),
+        ("open-set: identified / false alarms", f"{s['open_set_dir']:.4f} / {s['open_set_false_alarm']:.4f}  "
+                                                f"({s['unknown_probes']} unknown probes)"),
+        ("1:1 verify accuracy", f"{s['verify_accuracy']:.4f}"),
+        ("embedding throughput", f"{s['embed_images_per_s']:.0f} images/s (decode + embed)"),
+        ("identify throughput", f"{s['identify_queries_per_s']:.0f} queries/s"),
+    ]))
+    out(f"report: {out_dir / 'report'} (metrics.json, identify.parquet, verify.parquet, roc.png, scores.png)")
+    return 0
+
+
+def cmd_fetch_lfw(args: argparse.Namespace, out) -> int:
+    with progress(None, "download", unit="B", enabled=not args.quiet) as update:
+        dest = fetch_lfw(args.dest, url=args.url, md5=None if args.no_verify else args.md5,
+                         pairs_url=args.pairs_url, pairs_md5=None if args.no_verify else args.pairs_md5,
+                         progress=update)
+    root, pairs = lfw_layout(dest)
+    out(f"LFW ready in {dest}: {sum(1 for _ in root.iterdir())} people, pairs file {pairs}; "
+        f"use --data {dest} or FACEPIPE_DATA={dest}")
+    return 0

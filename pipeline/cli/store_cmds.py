@@ -1,0 +1,87 @@
+"""CLI commands about the gallery store: enroll, verify, identify, remove, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+from indexes import GalleryStore
+from pipeline.cli.common import progress, table, write_rejects
+from pipeline.data.manifest import read_images
+from pipeline.embed import write_parquet_atomic
+from pipeline.gallery import enroll_chunk, identify_chunk, open_gallery, read_probes, run_chunked, verify_chunk
+
+
+def cmd_enroll(args: argparse.Namespace, out) -> int:
+    images = read_images(args.images, require_identities=True, required=("image_path", "identity"))
+    store, model = open_gallery(args.index, args.model, create=True)
+    before = len(store)
+    t0 = time.monotonic()
+    with progress(len(images), "enrol", enabled=not args.quiet) as update:
+        added, rejects = run_chunked(partial(enroll_chunk, store, model), images, args.chunk_size, update)
+    dt = time.monotonic() - t0
+    out(f"enrolled {len(added)} image(s) of {added['identity'].nunique() if len(added) else 0} identities "
+        f"into {args.index} in {dt:.1f} s; store now holds {len(store)} rows (was {before}), "
+        f"{len(store.identities())} identities")
+    write_rejects(rejects, Path(args.rejects), out)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out) -> int:
+    probes = read_probes(args.probes)
+    store, model = open_gallery(args.index, args.model)
+    with progress(len(probes), "verify", enabled=not args.quiet) as update:
+        res, rejects = run_chunked(partial(verify_chunk, store, model, threshold=args.threshold), probes,
+                                   args.chunk_size, update)
+    write_parquet_atomic(res, args.out)
+    n_match = int(res["match"].sum()) if len(res) else 0
+    unknown = int((~res["known"]).sum()) if len(res) else 0
+    out(f"verified {len(res)} claim(s): {n_match} match, {len(res) - n_match} no match "
+        f"({unknown} claimed an identity not enrolled); threshold {res['threshold'].iloc[0] if len(res) else '-'}"
+        f" -> {args.out}")
+    write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace, out) -> int:
+    probes = read_probes(args.probes)
+    store, model = open_gallery(args.index, args.model)
+    t0 = time.monotonic()
+    with progress(len(probes), "identify", enabled=not args.quiet) as update:
+        res, rejects = run_chunked(partial(identify_chunk, store, model, top_k=args.top_k, threshold=args.threshold),
+                                   probes, args.chunk_size, update)
+    write_parquet_atomic(res, args.out)
+    top1 = res[res["rank"] == 1] if len(res) else res
+    n_unknown = int((top1["decision"] == "unknown").sum()) if len(res) else 0
+    out(f"identified {len(top1)} probe(s) in {time.monotonic() - t0:.1f} s: {len(top1) - n_unknown} matched an "
+        f"enrolled identity, {n_unknown} unknown -> {args.out}")
+    write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, out) -> int:
+    store = GalleryStore.open(args.index)
+    n = store.remove_identity(args.identity)
+    if n == 0:
+        out(f"{args.identity!r} is not enrolled in {args.index}; nothing removed")
+        return 1
+    out(f"removed {args.identity!r}: {n} row(s) deleted from index, metadata and embeddings; "
+        f"{len(store)} rows remain")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, out) -> int:
+    store = GalleryStore.open(args.index)
+    if args.check:
+        store.verify_integrity()
+    info = store.info()
+    if args.json:
+        out(json.dumps(info, indent=2, default=str))
+        return 0
+    out(table([(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)) for k, v in info.items()]))
+    if args.check:
+        out("integrity check: all files match their recorded checksums")
+    return 0

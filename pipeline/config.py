@@ -1,0 +1,199 @@
+"""One frozen configuration tree for training and evaluation.
+
+Loaded from a TOML file (sections mirror the dataclasses) and overridden from the CLI with
+``section.field=value`` strings. Units are in the field names (``_px``, ``_minutes``, ``_rad``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where faces come from and how they are split."""
+
+    crop_fraction: float = 0.52  # central square crop, as a fraction of the shorter side (LFW: ~130 of 250 px)
+    image_size_px: int = 64  # network input size
+    dev_folds: tuple[int, ...] = (6, 7)  # 1-based folds of the pairs file never trained on
+    val_folds: tuple[int, ...] = (5,)  # folds whose people are held out for checkpoint choice + calibration
+    val_fraction: float = 0.1  # without a pairs file: fraction of identities held out for validation
+    min_images_per_identity: int = 1  # single-image people are kept (classes / negatives)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shared encoder: timm backbone + embedding head."""
+
+    backbone: str = "test_resnet"
+    pretrained: bool = False
+    pretrained_file: str | None = None  # local weights file for the backbone (safetensors or timm checkpoint)
+    embedding_dim: int = 128
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss trains the encoder."""
+
+    name: str = "contrastive"  # contrastive | triplet | arcface | cosface
+    margin: float = 0.5  # contrastive: euclidean margin on unit vectors (0..2); triplet: distance margin
+    angular_margin_rad: float = 0.3  # arcface
+    cosine_margin: float = 0.35  # cosface
+    scale: float = 30.0  # margin-softmax logit scale
+    mining: str = "all"  # triplet: batch-hard | semi-hard | all
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the time budget."""
+
+    minutes: float = 3.0
+    max_epochs: int = 1000
+    identities_per_batch: int = 32  # P in P x K sampling
+    images_per_identity: int = 2  # K
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 50
+    eval_every_steps: int = 200
+    seed: int = 0
+    augment: bool = True
+    threads: int = 0  # 0: torch default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Verification metrics and calibration."""
+
+    target_fars: tuple[float, ...] = (1e-3, 1e-2)
+    default_far: float = 1e-3  # threshold used by verify/identify unless the user names one
+    flip_tta: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """Root of the configuration tree."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Convert a TOML/CLI value to the annotated type of a config field."""
+    tname = str(target)
+    try:
+        if tname.startswith("tuple"):
+            inner = float if "float" in tname else int if "int" in tname else str
+            if isinstance(value, str):
+                value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            return tuple(inner(v) for v in value)
+        if tname == "bool":
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes"}
+            return bool(value)
+        if tname == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tname == "float":
+            return float(value)
+        if "None" in tname and (value is None or (isinstance(value, str) and value.lower() in {"none", ""})):
+            return None
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config {where}: cannot use {value!r} as {tname}") from exc
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"config {where or 'root'}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in values:
+            continue
+        sub = f"{where}.{name}" if where else name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if is_dataclass(default):
+            if not isinstance(values[name], dict):
+                raise ConfigError(f"config {sub}: expected a section, got {values[name]!r}")
+            kwargs[name] = _build(type(default), values[name], sub)
+        else:
+            kwargs[name] = _coerce(values[name], f.type, sub)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from nested dicts (unknown keys are errors)."""
+    cfg = _build(Config, values, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able dicts (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (a copy)."""
+    out = json.loads(json.dumps(values))
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.minutes=5")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = raw
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then a TOML file, then ``section.key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            values = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that dataclass types cannot express."""
+    checks = [
+        (cfg.data.image_size_px >= 16, f"data.image_size_px={cfg.data.image_size_px} must be >= 16"),
+        (0.1 <= cfg.data.crop_fraction <= 1.0, f"data.crop_fraction={cfg.data.crop_fraction} must be in [0.1, 1]"),
+        (0.0 < cfg.data.val_fraction < 1.0, f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)"),
+        (cfg.model.embedding_dim >= 2, f"model.embedding_dim={cfg.model.embedding_dim} must be >= 2"),
+        (cfg.train.minutes > 0, f"train.minutes={cfg.train.minutes} must be > 0"),
+        (cfg.train.identities_per_batch >= 2, "train.identities_per_batch must be >= 2"),
+        (cfg.train.images_per_identity >= 2, "train.images_per_identity must be >= 2"),
+        (cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be > 0"),
+        (all(0 < f < 1 for f in cfg.eval.target_fars), f"eval.target_fars={cfg.eval.target_fars} must be in (0, 1)"),
+        (cfg.eval.default_far in cfg.eval.target_fars, "eval.default_far must be one of eval.target_fars"),
+    ]
+    losses = ("contrastive", "triplet", "arcface", "cosface")
+    checks.append((cfg.loss.name in losses, f"loss.name={cfg.loss.name!r} is not one of {list(losses)}"))
+    minings = ("all", "batch-hard", "semi-hard")
+    checks.append((cfg.loss.mining in minings, f"loss.mining={cfg.loss.mining!r} is not one of {list(minings)}"))
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)

@@ -1,0 +1,1 @@
+"""Data: image decoding, identity folders and manifests, LFW pairs, splits, in-memory face tensors."""

@@ -1,0 +1,156 @@
+"""The main job end to end on LFW: train, calibrate, enrol held-out people from ONE image, query, report.
+
+Held-out = the dev people (never trained on). Each dev person with >= 2 images is enrolled from
+their first image; their other images are the "known" probes. Dev people with a single image are
+never enrolled: they are the "unknown" probes that open-set identification must reject.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from indexes import GalleryStore
+from pipeline.artifacts import load_model
+from pipeline.config import Config
+from pipeline.data.images import sha256_file
+from pipeline.data.lfw import lfw_layout
+from pipeline.embed import embed_array, write_parquet_atomic
+from pipeline.errors import DataError
+from pipeline.evaluation import achieved_far, evaluate_embeddings
+from pipeline.metrics import all_pair_scores
+from pipeline.prepare import prepare_dev, prepare_training
+from pipeline.report import plot_roc, plot_score_histogram
+from pipeline.train import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Headline numbers (``summary``), full metrics, and where the report was written."""
+
+    summary: dict[str, Any]
+    metrics: dict[str, Any]
+    out_dir: Path
+
+
+def _one_shot_split(identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of (gallery: first image of each multi-image person, known probes, unknown probes)."""
+    counts = pd.Series(identities).value_counts()
+    gallery, known, unknown, seen = [], [], [], set()
+    for i, ident in enumerate(identities):
+        if counts[ident] < 2:
+            unknown.append(i)
+        elif ident not in seen:
+            seen.add(ident)
+            gallery.append(i)
+        else:
+            known.append(i)
+    return np.array(gallery, dtype=np.int64), np.array(known, dtype=np.int64), np.array(unknown, dtype=np.int64)
+
+
+def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None) -> DemoResult:
+    """Run the whole job; write ``out_dir/{model,gallery,report}``. Returns the headline numbers."""
+    root, pairs = lfw_layout(data_dir)
+    if pairs is None:
+        raise DataError(f"{data_dir}: the demo needs a pairs file (lfw_pairs_dev.txt or pairs.txt) beside lfw/")
+    report = out_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+
+    t_prep = time.monotonic()
+    data = prepare_training(root, pairs, cfg)
+    prep_s = time.monotonic() - t_prep
+    result = train(cfg, data, out_dir / "model", on_step=on_step)
+    model = load_model(out_dir / "model")
+
+    t_embed = time.monotonic()
+    dev = prepare_dev(data.table, data.split, cfg)
+    if dev is None:
+        raise DataError("no dev people: the pairs file needs the configured data.dev_folds")
+    emb = embed_array(model.encoder, dev.images, flip_tta=cfg.eval.flip_tta)
+    embed_s = time.monotonic() - t_embed
+    dev_metrics = evaluate_embeddings(dev, emb, cfg.eval.target_fars)
+    dev_metrics["achieved_far"] = {k: achieved_far(emb, dev.identities, t) for k, t in model.meta["thresholds"].items()}
+
+    # one-shot gallery: ONE image per enrolled person
+    gallery, known, unknown = _one_shot_split(dev.identities)
+    store_dir = out_dir / "gallery"
+    store = GalleryStore.create(store_dir, model_version=model.model_version, embedding_dim=emb.shape[1],
+                                threshold=model.threshold, model_path=str((out_dir / "model").resolve()))
+    paths = dev.image_paths
+    shas = [sha256_file(root / p) for p in paths[gallery]]
+    store.enroll(emb[gallery], dev.identities[gallery].tolist(), paths[gallery].tolist(), shas,
+                 model_version=model.model_version)
+
+    probes = np.concatenate([known, unknown])
+    t_q = time.monotonic()
+    ident = store.identify(emb[probes], model_version=model.model_version, top_k=5)
+    identify_s = time.monotonic() - t_q
+    ident["image_path"] = paths[probes][ident["query_index"].to_numpy()]
+    ident["true_identity"] = dev.identities[probes][ident["query_index"].to_numpy()]
+    top1 = ident[ident["rank"] == 1].set_index("query_index").sort_index()
+    is_known = np.arange(len(probes)) < len(known)
+    truth = dev.identities[probes]
+    rank1 = float((top1["identity"].to_numpy()[is_known] == truth[is_known]).mean())
+    in_top5 = ident.groupby("query_index").apply(lambda g: bool((g["identity"] == g["true_identity"]).any()),
+                                                 include_groups=False).sort_index().to_numpy()
+    dir_at_thr = float((top1["decision"].to_numpy()[is_known] == truth[is_known]).mean())
+    false_alarm = float((top1["decision"].to_numpy()[~is_known] != "unknown").mean()) if (~is_known).any() else float("nan")
+
+    # 1:1 claims: every known probe claims its own identity and one other enrolled identity
+    rng = np.random.default_rng(cfg.train.seed)
+    enrolled = dev.identities[gallery]
+    impostor_claims = [enrolled[(np.flatnonzero(enrolled == t)[0] + 1 + rng.integers(len(enrolled) - 1)) % len(enrolled)]
+                       for t in truth[is_known]]
+    claims = list(truth[is_known]) + impostor_claims
+    ver = store.verify(np.concatenate([emb[known], emb[known]]), claims, model_version=model.model_version)
+    ver["image_path"] = np.concatenate([paths[known], paths[known]])
+    genuine = np.arange(len(ver)) < len(known)
+    verify_acc = float((ver["match"].to_numpy() == genuine).mean())
+
+    write_parquet_atomic(ident, report / "identify.parquet")
+    write_parquet_atomic(ver, report / "verify.parquet")
+    pair_scores = (emb[dev.pair_i] * emb[dev.pair_j]).sum(axis=1)
+    all_scores, all_labels = all_pair_scores(emb, dev.identities)
+    plot_roc({"dev pairs": (pair_scores, dev.same), "dev all pairs": (all_scores, all_labels)}, report / "roc.png",
+             threshold_far=cfg.eval.default_far)
+    plot_score_histogram(all_scores, all_labels, report / "scores.png", model.threshold)
+
+    pairs_m = dev_metrics["pairs"]
+    far_key = f"{cfg.eval.default_far:g}"
+    summary = {
+        "model_version": model.model_version,
+        "train_minutes": round(result.seconds / 60, 2),
+        "train_people": len(data.class_names),
+        "dev_pairs": pairs_m["pairs"],
+        "pair_accuracy": pairs_m["accuracy"],
+        "pair_accuracy_std": pairs_m["accuracy_std"],
+        "auc": pairs_m["auc"],
+        "eer": pairs_m["eer"],
+        f"tar@far={far_key}": dev_metrics["all_pairs"]["tar_at_far"][far_key],
+        "threshold": model.threshold,
+        "achieved_far": dev_metrics["achieved_far"][f"far={far_key}"],
+        "enrolled_people": int(len(gallery)),
+        "known_probes": int(len(known)),
+        "unknown_probes": int(len(unknown)),
+        "one_shot_rank1": rank1,
+        "one_shot_rank5": float(in_top5[is_known].mean()),
+        "open_set_dir": dir_at_thr,
+        "open_set_false_alarm": false_alarm,
+        "verify_accuracy": verify_acc,
+        "embed_images_per_s": len(dev.images) / embed_s,
+        "identify_queries_per_s": len(probes) / max(identify_s, 1e-9),
+        "prep_seconds": round(prep_s, 1),
+    }
+    metrics = {"summary": summary, "dev": dev_metrics, "val": model.meta["metrics"]["val"],
+               "training": model.meta["training"]}
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return DemoResult(summary, metrics, out_dir)

@@ -1,0 +1,135 @@
+"""Batched embedding of decoded faces and of image tables, in bounded memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.artifacts import LoadedModel
+from pipeline.data.faces import decode_faces
+from pipeline.data.manifest import empty_rejects
+from pipeline.model.encoder import SiameseEncoder
+
+log = logging.getLogger(__name__)
+
+
+def to_input(images: np.ndarray, mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.5,) * 3) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@torch.inference_mode()
+def embed_array(encoder: SiameseEncoder, images: np.ndarray, *, batch_size: int = 256, flip_tta: bool = True,
+                mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.5,) * 3,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Embed decoded faces with the encoder in eval mode.
+
+    Args:
+        images: uint8 (N, S, S, 3).
+        flip_tta: average the embeddings of the image and its mirror, then re-normalise.
+    Returns:
+        float32 (N, D), unit L2 norm.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    out = np.zeros((len(images), encoder.embedding_dim), dtype=np.float32)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = to_input(images[start : start + batch_size], mean, std)
+            e = encoder.embed(x)
+            if flip_tta:
+                e = torch.nn.functional.normalize(e + encoder.embed(torch.flip(x, dims=[3])), dim=1)
+            out[start : start + len(x)] = e.numpy()
+            if progress is not None:
+                progress(len(x))
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """One chunk of an image table: the rows that embedded, their embeddings, and the rejects."""
+
+    rows: pd.DataFrame
+    embeddings: np.ndarray
+    rejects: pd.DataFrame
+
+
+def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
+                     progress: Callable[[int], None] | None = None) -> Iterator[EmbeddedChunk]:
+    """Decode and embed an image table chunk by chunk (memory bounded by ``chunk_size``)."""
+    pre = model.meta["preprocessing"]
+    for start in range(0, len(table), chunk_size):
+        part = table.iloc[start : start + chunk_size]
+        faces = decode_faces(part["abs_path"].tolist(), part["image_path"].tolist(), float(pre["crop_fraction"]),
+                             int(pre["image_size_px"]))
+        emb = embed_array(model.encoder, faces.images, batch_size=batch_size, flip_tta=bool(pre["flip_tta"]),
+                          mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+        if progress is not None:
+            progress(len(part))
+        yield EmbeddedChunk(part.iloc[faces.keep].reset_index(drop=True), emb, faces.rejects)
+
+
+def embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
+                progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Embed a whole image table. Returns (rows that embedded, float32 (N, D) embeddings, rejects)."""
+    rows, embs, rejects = [], [], []
+    for chunk in iter_embed_table(model, table, chunk_size=chunk_size, batch_size=batch_size, progress=progress):
+        rows.append(chunk.rows)
+        embs.append(chunk.embeddings)
+        if len(chunk.rejects):
+            rejects.append(chunk.rejects)
+    dim = model.encoder.embedding_dim
+    all_rows = pd.concat(rows, ignore_index=True) if rows else table.iloc[:0]
+    all_emb = np.concatenate(embs) if embs else np.zeros((0, dim), dtype=np.float32)
+    return all_rows, all_emb, (pd.concat(rejects, ignore_index=True) if rejects else empty_rejects())
+
+
+def embeddings_table(rows: pd.DataFrame, embeddings: np.ndarray, model_version: str) -> pa.Table:
+    """The ``embed`` output contract: image_path, identity, embedding (fixed-size list<float32>), model_version."""
+    n, d = embeddings.shape
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel(), type=pa.float32())
+    ident = rows["identity"] if "identity" in rows.columns else pd.Series([None] * n)
+    return pa.table({
+        "image_path": pa.array(rows["image_path"].astype(str).tolist(), type=pa.string()),
+        "identity": pa.array([None if pd.isna(v) else str(v) for v in ident], type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, d),
+        "model_version": pa.array([model_version] * n, type=pa.string()),
+    })
+
+
+def write_parquet_atomic(table: pa.Table | pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write Parquet via a temp file + ``os.replace``: readers never see a half-written file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    t = table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
+    try:
+        pq.write_table(t, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+def read_embeddings(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read an ``embed`` output file: (other columns, float32 (N, D) embeddings)."""
+    t = pq.read_table(path)
+    col = t.column("embedding").combine_chunks()
+    d = col.type.list_size if pa.types.is_fixed_size_list(col.type) else len(col[0].as_py())
+    emb = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, d)
+    return t.drop(["embedding"]).to_pandas(), emb

@@ -1,0 +1,7 @@
+"""Losses. Each returns a scalar tensor; one concept per module."""
+
+from pipeline.losses.contrastive import ContrastiveLoss, contrastive_pair_loss
+from pipeline.losses.margin_softmax import MarginSoftmaxLoss
+from pipeline.losses.triplet import TripletLoss
+
+__all__ = ["ContrastiveLoss", "contrastive_pair_loss", "TripletLoss", "MarginSoftmaxLoss"]

@@ -1,0 +1,85 @@
+"""The Siamese encoder: ONE timm backbone + embedding head, shared by every branch.
+
+``forward(x1, x2)`` runs both inputs through the very same modules (one parameter set), so the
+gradient of a loss on the pair reaches the shared weights from both branches.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import ConfigError, ModelArtifactError
+
+log = logging.getLogger(__name__)
+
+# Inputs are scaled to [-1, 1]; stored in model.json so that every consumer preprocesses alike.
+INPUT_MEAN = (0.5, 0.5, 0.5)
+INPUT_STD = (0.5, 0.5, 0.5)
+
+
+class SiameseEncoder(nn.Module):
+    """timm backbone (``num_classes=0``: pooled features) -> Linear -> BatchNorm -> L2 normalise."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(num_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        self.embedding_dim = embedding_dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images float (B, 3, H, W), normalised -> embeddings float32 (B, D), unit L2 norm."""
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Both branches through the same weights: (B, 3, H, W) x 2 -> two (B, D) embeddings.
+
+        With one input, returns its embedding (the single-branch form used for batched embedding).
+        The two inputs are concatenated into one batch: identical to two calls, but one pass.
+        """
+        if x2 is None:
+            return self.embed(x1)
+        if x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(f"both branches need the same image shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        both = self.embed(torch.cat([x1, x2], dim=0))
+        return both[: x1.shape[0]], both[x1.shape[0] :]
+
+
+def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False,
+                  pretrained_file: str | None = None) -> SiameseEncoder:
+    """Create the encoder from any timm model name.
+
+    Args:
+        backbone: a timm model name (``timm.list_models()``), e.g. ``resnet18``, ``test_resnet``.
+        pretrained: load the backbone's published weights through timm (needs the hub or its cache).
+        pretrained_file: load backbone weights from this local file (safetensors or a timm state dict)
+            instead of the hub; implies ``pretrained``.
+    Raises:
+        ConfigError: unknown backbone (the message lists close matches).
+        ModelArtifactError: the weights file is missing or does not fit the backbone.
+    """
+    if not timm.is_model(backbone):
+        stem = backbone.split("_")[0][:4]
+        close = timm.list_models(f"*{stem}*")[:12] if stem else []
+        raise ConfigError(f"unknown timm backbone {backbone!r}; close matches: {close or timm.list_models()[:12]}")
+    kwargs: dict[str, object] = {"num_classes": 0}
+    if pretrained_file:
+        p = Path(pretrained_file)
+        if not p.is_file():
+            raise ModelArtifactError(f"backbone weights file {p} does not exist")
+        if p.suffix not in (".safetensors",):
+            raise ModelArtifactError(f"backbone weights file {p}: only .safetensors files are loaded (no pickle)")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(p), "num_classes": 0}
+        pretrained = True
+    try:
+        net = timm.create_model(backbone, pretrained=pretrained, **kwargs)
+    except RuntimeError as exc:  # shape / key mismatch in the weights file
+        raise ModelArtifactError(f"weights do not fit backbone {backbone!r}: {exc}") from exc
+    num_features = int(getattr(net, "num_features"))
+    log.debug("backbone %s: %d features, pretrained=%s", backbone, num_features, pretrained)
+    return SiameseEncoder(net, num_features, embedding_dim)

@@ -1,0 +1,79 @@
+"""From a data folder (+ optional pairs file) to decoded training faces and a validation set."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.data.faces import decode_faces
+from pipeline.data.manifest import read_images
+from pipeline.data.pairs import parse_pairs
+from pipeline.data.splits import Split, make_pairs, split_by_pairs, split_random
+from pipeline.errors import DataError
+from pipeline.evaluation import EvalSet, build_eval_set
+
+log = logging.getLogger(__name__)
+
+# Training images are decoded this much larger than the input, then randomly cropped back.
+AUGMENT_MARGIN = 1.125
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Decoded training faces (uint8 (N, L, L, 3), L >= input size), int64 labels, and the validation set."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    val: EvalSet
+    split: Split
+    table: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> tuple[pd.DataFrame, Split]:
+    """The image table of ``data`` and its person-disjoint split (see :mod:`pipeline.data.splits`)."""
+    table = read_images(data, require_identities=True, required=("image_path", "identity"))
+    identities = set(table["identity"])
+    if pairs_file is not None:
+        split = split_by_pairs(identities, parse_pairs(pairs_file), cfg.data.dev_folds, cfg.data.val_folds)
+    else:
+        split = split_random(table, cfg.data.val_fraction, cfg.train.seed)
+    if split.val_pairs is None:
+        val_rows = table[table["identity"].isin(split.val)]
+        split = Split(split.train, split.val, split.dev, make_pairs(val_rows, 600, cfg.train.seed), split.dev_pairs)
+    log.info("split: %d train, %d val, %d dev people", len(split.train), len(split.val), len(split.dev))
+    return table, split
+
+
+def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> TrainingData:
+    """Decode the training people's faces (with an augmentation margin) and the validation set."""
+    table, split = load_split(data, pairs_file, cfg)
+    train_rows = table[table["identity"].isin(split.train)].reset_index(drop=True)
+    if train_rows.empty:
+        raise DataError(f"{data}: no training people left after holding out validation/dev people")
+    size = cfg.data.image_size_px
+    load_px = int(round(size * AUGMENT_MARGIN)) if cfg.train.augment else size
+    load_crop = min(1.0, cfg.data.crop_fraction * load_px / size)
+    faces = decode_faces(train_rows["abs_path"].tolist(), train_rows["image_path"].tolist(), load_crop, load_px)
+    kept = train_rows.iloc[faces.keep].reset_index(drop=True)
+    class_names = sorted(set(kept["identity"]))
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([index[c] for c in kept["identity"]], dtype=np.int64)
+    val = build_eval_set("val", table, split.val, split.val_pairs, cfg.data.crop_fraction, size)
+    rejects = pd.concat([faces.rejects, val.rejects], ignore_index=True)
+    log.info("training faces: %d images of %d people (%d rejected); val: %d images", len(labels), len(class_names),
+             len(rejects), len(val.images))
+    return TrainingData(faces.images, labels, class_names, val, split, table, rejects)
+
+
+def prepare_dev(table: pd.DataFrame, split: Split, cfg: Config) -> EvalSet | None:
+    """The dev (test) set: people of the dev folds, never trained on; None without a pairs file."""
+    if not split.dev:
+        return None
+    return build_eval_set("dev", table, split.dev, split.dev_pairs, cfg.data.crop_fraction, cfg.data.image_size_px)

@@ -1,0 +1,196 @@
+"""The training loop: P x K batches -> shared encoder -> loss, under a wall-clock budget.
+
+Read top to bottom: build model and loss, size the schedule to the time budget, loop, evaluate on
+the validation people every ``eval_every_steps``, keep the best model, calibrate, save the artefact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import checkpoint as ckpt
+from pipeline.artifacts import preprocessing_dict, save_model
+from pipeline.config import Config, to_dict
+from pipeline.embed import to_input
+from pipeline.errors import ConfigError
+from pipeline.evaluation import achieved_far, calibrate_thresholds, evaluate_encoder
+from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss
+from pipeline.model.encoder import build_encoder
+from pipeline.prepare import TrainingData
+from pipeline.sampling import PKSampler
+
+log = logging.getLogger(__name__)
+
+WARM_STEPS, TIMING_STEPS = 5, 20  # after 5 warm-up steps, 20 steps are timed to size the schedule
+RESERVE_FRACTION = 0.1  # of the budget kept for evaluations, calibration and saving
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    meta: dict[str, Any]
+    steps: int
+    epochs: float
+    seconds: float
+    best_val_auc: float
+
+
+def identity_hashes(names: list[str]) -> list[str]:
+    """Short hashes of the training people's names: lets ``evaluate`` detect leakage without storing names."""
+    return sorted(hashlib.sha256(n.encode()).hexdigest()[:16] for n in names)
+
+
+def build_loss(cfg: Config, num_classes: int) -> nn.Module:
+    """The configured loss module (a margin-softmax loss owns trainable class centres)."""
+    lc = cfg.loss
+    if lc.name == "contrastive":
+        return ContrastiveLoss(lc.margin)
+    if lc.name == "triplet":
+        return TripletLoss(lc.margin, "batch-hard" if lc.mining == "all" else lc.mining)
+    if lc.name in ("arcface", "cosface"):
+        margin = lc.angular_margin_rad if lc.name == "arcface" else lc.cosine_margin
+        return MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
+    raise ConfigError(f"loss.name={lc.name!r} is not one of ['contrastive', 'triplet', 'arcface', 'cosface']")
+
+
+def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool) -> torch.Tensor:
+    """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S): random crop, mirror, brightness/contrast jitter."""
+    b, load_px = images.shape[0], images.shape[1]
+    if not enabled or load_px == out_px:
+        off = (load_px - out_px) // 2
+        return to_input(images[:, off : off + out_px, off : off + out_px])
+    ys = rng.integers(0, load_px - out_px + 1, size=b)
+    xs = rng.integers(0, load_px - out_px + 1, size=b)
+    crops = np.stack([images[i, y : y + out_px, x : x + out_px] for i, (y, x) in enumerate(zip(ys, xs))])
+    flip = rng.random(b) < 0.5
+    crops[flip] = crops[flip, :, ::-1]
+    x = to_input(crops)
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(b, 1, 1, 1))).float()
+    bias = torch.from_numpy(rng.uniform(-0.15, 0.15, size=(b, 1, 1, 1))).float()
+    return (x * gain + bias).clamp_(-1.5, 1.5)
+
+
+def lr_at(step: int, total: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak at ``total`` steps."""
+    warm = max(1, cfg.train.warmup_steps)
+    if step < warm:
+        return cfg.train.lr * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.train.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool = False,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train an encoder within ``cfg.train.minutes`` and save the best one (by validation AUC) to ``out_dir``.
+
+    A checkpoint in ``out_dir/checkpoint`` is written at every evaluation; ``resume=True`` continues it.
+    """
+    t0 = time.monotonic()
+    budget_s = cfg.train.minutes * 60.0
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoint"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+
+    model = build_encoder(cfg.model.backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
+                          pretrained_file=cfg.model.pretrained_file)
+    loss_fn = build_loss(cfg, len(data.class_names))
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    margin_loss = isinstance(loss_fn, MarginSoftmaxLoss)
+    sampler = PKSampler(data.labels, cfg.train.identities_per_batch, cfg.train.images_per_identity,
+                        seed=cfg.train.seed, allow_repeats=margin_loss)
+
+    step, total_steps, best_auc, history = 0, 0, -1.0, []
+    if resume and ckpt.has_checkpoint(ckpt_dir):
+        state = ckpt.load_checkpoint(ckpt_dir, model, loss_fn, opt)
+        if state["config"] != to_dict(cfg):
+            raise ConfigError(f"cannot resume {ckpt_dir}: it was trained with a different config; use a new --out")
+        step, total_steps, best_auc, history = state["step"], state["total_steps"], state["best_auc"], state["history"]
+        rng = np.random.default_rng(cfg.train.seed + step)
+        log.info("resumed at step %d of %d (best val AUC %.4f)", step, total_steps, best_auc)
+
+    def evaluate_and_keep() -> None:
+        nonlocal best_auc
+        metrics, _ = evaluate_encoder(model, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
+        auc = metrics.get("pairs", metrics.get("all_pairs", {})).get("auc", 0.0)
+        history.append({"step": step, "val_auc": auc, "seconds": round(time.monotonic() - t0, 1)})
+        if auc > best_auc:
+            best_auc = auc
+            ckpt.save_best(ckpt_dir, model)
+        ckpt.save_checkpoint(ckpt_dir, model, loss_fn, opt, {"step": step, "total_steps": total_steps,
+                                                             "best_auc": best_auc, "history": history,
+                                                             "config": to_dict(cfg)})
+        log.info("step %d: val AUC %.4f (best %.4f)", step, auc, best_auc)
+
+    steps_per_epoch = max(1, len(sampler))
+    max_steps = cfg.train.max_epochs * steps_per_epoch
+    timing_start, start_step = time.monotonic(), step
+    model.train()
+    try:
+        while True:
+            for batch in sampler:
+                if total_steps == 0 and step - start_step == WARM_STEPS:
+                    timing_start = time.monotonic()
+                if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
+                    per_step = (time.monotonic() - timing_start) / TIMING_STEPS
+                    remaining = budget_s * (1 - RESERVE_FRACTION) - (time.monotonic() - t0)
+                    total_steps = int(min(max_steps, step + max(1, remaining / per_step)))
+                    log.info("%.3f s/step: schedule of %d steps (%.1f epochs)", per_step, total_steps,
+                             total_steps / steps_per_epoch)
+                limit = total_steps or max_steps
+                if step >= limit or time.monotonic() - t0 > budget_s * (1 - RESERVE_FRACTION / 2):
+                    raise StopIteration
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, limit, cfg)
+                x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment)
+                labels = torch.from_numpy(data.labels[batch])
+                loss = loss_fn(model.embed(x.contiguous(memory_format=memory_format)), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if on_step is not None:
+                    on_step({"step": step, "total_steps": limit, "loss": loss.item(), "epoch": step / steps_per_epoch})
+                if step % cfg.train.eval_every_steps == 0:
+                    evaluate_and_keep()
+    except StopIteration:
+        pass
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d: finishing with the best checkpoint", step)
+    if not history or history[-1]["step"] != step:
+        evaluate_and_keep()
+
+    ckpt.load_best(ckpt_dir, model)
+    model.eval()
+    val_metrics, val_emb = evaluate_encoder(model, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
+    thresholds = calibrate_thresholds(val_emb, data.val.identities, cfg.eval.target_fars)
+    val_metrics["achieved_far"] = {k: achieved_far(val_emb, data.val.identities, t) for k, t in thresholds.items()}
+    seconds = time.monotonic() - t0
+    meta = save_model(
+        model, out, backbone=cfg.model.backbone,
+        preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta),
+        thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
+        training={"steps": step, "epochs": round(step / steps_per_epoch, 2), "seconds": round(seconds, 1),
+                  "train_images": int(len(data.labels)), "train_people": len(data.class_names),
+                  "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
+                  "train_identity_hashes": identity_hashes(data.class_names)},
+    )
+    return TrainResult(out, meta, step, step / steps_per_epoch, seconds, best_auc)

@@ -1,0 +1,121 @@
+"""The CLI end to end on real faces: train -> evaluate -> embed -> enroll -> identify/verify -> remove/info,
+and the clear errors a user gets for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model_dir(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    rc = main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
+               "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.2"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture()
+def people(real_subset: Path, tmp_path: Path) -> dict[str, Path]:
+    """Gallery manifest (first image of 20 people), probes of the same people, and a corrupt image."""
+    df = pd.read_csv(real_subset)
+    first = df.groupby("identity").head(1).head(20)
+    rest = df[df["identity"].isin(first["identity"]) & ~df.index.isin(first.index)].groupby("identity").head(1)
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    gallery = pd.concat([first, pd.DataFrame({"image_path": [str(bad)], "identity": ["Broken_Person"]})])
+    gallery.to_csv(tmp_path / "gallery.csv", index=False)
+    probes = rest.rename(columns={"identity": "claimed_identity"})
+    probes.to_csv(tmp_path / "claims.csv", index=False)
+    rest[["image_path"]].to_csv(tmp_path / "probes.csv", index=False)
+    return {"gallery": tmp_path / "gallery.csv", "claims": tmp_path / "claims.csv", "probes": tmp_path / "probes.csv",
+            "rest": rest}
+
+
+def test_full_cli_round_trip(model_dir: Path, people: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    index = tmp_path / "gallery"
+    rejects = tmp_path / "rejects.parquet"
+    assert main(["enroll", "--model", str(model_dir), "--index", str(index), "--images", str(people["gallery"]),
+                 "--rejects", str(rejects), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "enrolled 20 image(s) of 20 identities" in out
+    rej = pq.read_table(rejects).to_pandas()
+    assert len(rej) == 1 and rej["image_path"].iloc[0].endswith("corrupt.jpg")  # reported, the rest went in
+
+    # enrolling the same images again stores nothing twice
+    assert main(["enroll", "--index", str(index), "--images", str(people["gallery"]), "--rejects",
+                 str(tmp_path / "r2.parquet"), "-q"]) == 0
+    assert "enrolled 0 image(s)" in capsys.readouterr().out
+    assert pq.read_table(tmp_path / "r2.parquet").num_rows == 21  # 20 duplicates + the corrupt file
+
+    assert main(["identify", "--index", str(index), "--probes", str(people["probes"]), "--top-k", "3",
+                 "--out", str(tmp_path / "hits.parquet"), "-q"]) == 0
+    hits = pq.read_table(tmp_path / "hits.parquet").to_pandas()
+    assert {"image_path", "rank", "identity", "score", "decision"} <= set(hits.columns)
+    assert len(hits) == 3 * len(people["rest"]) and hits["rank"].max() == 3
+    top1 = hits[hits["rank"] == 1]
+    assert ((top1["decision"] == top1["identity"]) | (top1["decision"] == "unknown")).all()
+
+    assert main(["verify", "--index", str(index), "--probes", str(people["claims"]),
+                 "--out", str(tmp_path / "claims.parquet"), "--threshold", "-1.0", "-q"]) == 0
+    claims = pq.read_table(tmp_path / "claims.parquet").to_pandas()
+    assert {"image_path", "claimed_identity", "score", "threshold", "match", "model_version"} <= set(claims.columns)
+    assert claims["match"].all() and (claims["threshold"] == -1.0).all()  # every score >= -1
+
+    assert main(["embed", "--model", str(model_dir), "--images", str(people["probes"]),
+                 "--out", str(tmp_path / "emb.parquet"), "-q"]) == 0
+    emb = pq.read_table(tmp_path / "emb.parquet")
+    assert emb.schema.field("embedding").type.list_size == 32
+    assert set(emb.column_names) == {"image_path", "identity", "embedding", "model_version"}
+
+    name = people["rest"]["identity"].iloc[0]
+    assert main(["remove", "--index", str(index), "--identity", name]) == 0
+    assert main(["remove", "--index", str(index), "--identity", name]) == 1  # already gone
+    capsys.readouterr()
+    assert main(["info", str(index), "--json", "--check"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 19
+
+
+def test_evaluate_writes_metrics_and_plots(model_dir: Path, lfw_root: Path, pairs_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval" / "metrics.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(lfw_root), "--pairs", str(pairs_file),
+                 "--folds", "7", "--out", str(out), "-q"]) == 0
+    m = json.loads(out.read_text())
+    assert m["pairs"]["pairs"] == 600 and 0.5 < m["pairs"]["auc"] <= 1.0
+    assert (tmp_path / "eval" / "metrics_roc.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "metrics_scores.png").stat().st_size > 1000
+
+
+def test_errors_are_clear(model_dir: Path, tmp_path: Path, synthetic_folders: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+    # a store made with one model refuses another model's queries, saying what to do
+    other = tmp_path / "other_model"
+    shutil.copytree(model_dir, other)
+    index = tmp_path / "g"
+    assert main(["enroll", "--model", str(model_dir), "--index", str(index), "--images", str(synthetic_folders),
+                 "--rejects", str(tmp_path / "r.parquet"), "-q"]) == 0
+    retrained = tmp_path / "retrained"
+    assert main(["train", "--data", str(synthetic_folders), "--out", str(retrained), "--minutes", "0.05", "-q",
+                 "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.4",
+                 "--set", "train.identities_per_batch=2"]) == 0
+    capsys.readouterr()
+    assert main(["identify", "--index", str(index), "--model", str(retrained), "--probes", str(synthetic_folders),
+                 "--out", str(tmp_path / "h.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "re-embed" in err
