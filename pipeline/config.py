@@ -45,12 +45,13 @@ class ModelConfig:
 class LossConfig:
     """Which loss trains the encoder."""
 
-    name: str = "contrastive"  # contrastive | triplet | arcface | cosface
-    margin: float = 0.5  # contrastive: euclidean margin on unit vectors (0..2); triplet: distance margin
+    name: str = "triplet"  # contrastive | triplet | arcface | cosface
+    contrastive_margin: float = 1.0  # Euclidean margin on unit vectors (0..2] impostors are pushed beyond
+    triplet_margin: float = 0.3  # d(a, n) must exceed d(a, p) by this much
     angular_margin_rad: float = 0.3  # arcface
     cosine_margin: float = 0.35  # cosface
     scale: float = 30.0  # margin-softmax logit scale
-    mining: str = "all"  # triplet: batch-hard | semi-hard | all
+    mining: str = "batch-hard"  # triplet: batch-hard | semi-hard | all
 
 
 @dataclass(frozen=True)

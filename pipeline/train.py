@@ -57,9 +57,9 @@ def build_loss(cfg: Config, num_classes: int) -> nn.Module:
     """The configured loss module (a margin-softmax loss owns trainable class centres)."""
     lc = cfg.loss
     if lc.name == "contrastive":
-        return ContrastiveLoss(lc.margin)
+        return ContrastiveLoss(lc.contrastive_margin)
     if lc.name == "triplet":
-        return TripletLoss(lc.margin, "batch-hard" if lc.mining == "all" else lc.mining)
+        return TripletLoss(lc.triplet_margin, lc.mining)
     if lc.name in ("arcface", "cosface"):
         margin = lc.angular_margin_rad if lc.name == "arcface" else lc.cosine_margin
         return MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
