@@ -14,7 +14,14 @@ class DataError(FacepipeError, ValueError):
 
 
 class ImageError(FacepipeError, ValueError):
-    """One image cannot be decoded; batch operations record it as a reject and go on."""
+    """One image cannot be decoded; batch operations record it as a reject and go on.
+
+    ``str(err)`` is ``"<path>: <reason>"``; ``err.reason`` alone goes in a rejects table's ``error`` column.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 class ModelArtifactError(FacepipeError, ValueError):

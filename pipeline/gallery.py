@@ -134,7 +134,8 @@ def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *
                            rejects)
     res = store.verify(emb, rows["claimed_identity"].astype(str).tolist(), model_version=model.model_version,
                        threshold=threshold)
-    probe_cols = [c for c in rows.columns if c not in ("abs_path", "model_version", "embedding")]
+    probe_cols = [c for c in rows.columns if c not in ("abs_path", "model_version", "embedding")
+                  and not (c == "identity" and rows[c].isna().all())]
     out = rows[probe_cols].reset_index(drop=True).copy()
     for col in ("score", "threshold", "match", "known"):
         out[col] = res[col].to_numpy()

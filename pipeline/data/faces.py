@@ -54,7 +54,7 @@ def decode_faces(paths: Sequence[str], display_paths: Sequence[str] | None, crop
             out[i] = load_face(p, crop_fraction, size_px)
             return i, None
         except ImageError as exc:
-            return i, str(exc)
+            return i, exc.reason
 
     workers = threads or min(8, (os.cpu_count() or 1) + 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -63,9 +63,11 @@ def decode_faces(paths: Sequence[str], display_paths: Sequence[str] | None, crop
                 ok[i] = True
             else:
                 errors.append((shown[i], err))
-                log.warning("rejected %s: %s", shown[i], err)
+                log.info("rejected %s: %s", shown[i], err)
             if progress is not None:
                 progress(1)
+    if errors:
+        log.warning("%d of %d image(s) rejected (first: %s: %s)", len(errors), n, *errors[0])
     keep = np.flatnonzero(ok)
     rejects = pd.DataFrame(errors, columns=["image_path", "error"]) if errors else empty_rejects()
     images = out[keep] if len(keep) < n else out

@@ -60,25 +60,24 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     p = Path(path)
     try:
         if p.is_dir():
-            raise ImageError(f"{p}: is a directory, not an image file")
+            raise ImageError(p, "is a directory, not an image file")
         size = p.stat().st_size
     except OSError as exc:  # missing, permission denied, symlink loop
-        raise ImageError(f"{p}: cannot read file ({exc.strerror or exc})") from exc
+        raise ImageError(p, f"cannot read file ({exc.strerror or exc})") from exc
     if size == 0:
-        raise ImageError(f"{p}: empty file (0 bytes)")
+        raise ImageError(p, "empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
-        raise ImageError(f"{p}: file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
+        raise ImageError(p, f"file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(
-                        f"{p}: {w}x{h} px exceeds the {MAX_PIXELS:,}-pixel limit (decompression-bomb guard)"
+                    raise ImageError(p, f"{w}x{h} px exceeds the {MAX_PIXELS:,}-pixel limit (decompression-bomb guard)"
                     )
                 if w < 1 or h < 1:
-                    raise ImageError(f"{p}: image has no pixels ({w}x{h})")
+                    raise ImageError(p, f"image has no pixels ({w}x{h})")
                 img.seek(0)  # animated formats: first frame
                 img.load()
                 img = ImageOps.exif_transpose(img)
@@ -87,15 +86,15 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{p}: not a recognised image format") from exc
+        raise ImageError(p, "not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{p}: too many pixels (decompression-bomb guard): {exc}") from exc
+        raise ImageError(p, f"too many pixels (decompression-bomb guard): {exc}") from exc
     except PermissionError as exc:
-        raise ImageError(f"{p}: permission denied") from exc
+        raise ImageError(p, "permission denied") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as exc:
-        raise ImageError(f"{p}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(p, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ImageError(f"{p}: decoded to unexpected shape {arr.shape}")
+        raise ImageError(p, f"decoded to unexpected shape {arr.shape}")
     return arr
 
 

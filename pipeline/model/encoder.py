@@ -80,6 +80,8 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         net = timm.create_model(backbone, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:  # shape / key mismatch in the weights file
         raise ModelArtifactError(f"weights do not fit backbone {backbone!r}: {exc}") from exc
-    num_features = int(getattr(net, "num_features"))
+    # with num_classes=0 some models (MobileNetV3, GhostNet, LCNet) end in a conv head wider than
+    # ``num_features``: timm names the pooled width ``head_hidden_size`` there
+    num_features = int(getattr(net, "head_hidden_size", None) or getattr(net, "num_features"))
     log.debug("backbone %s: %d features, pretrained=%s", backbone, num_features, pretrained)
     return SiameseEncoder(net, num_features, embedding_dim)

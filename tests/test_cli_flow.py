@@ -1,0 +1,17 @@
+"""`facepipe flow NAME` runs the flow module in a subprocess (pipeline never imports flows)."""
+
+import subprocess
+import sys
+
+
+def test_flow_subcommand_reaches_the_flow_module() -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "flow", "lookup", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "python -m flows.lookup" in out.stdout and "--probes" in out.stdout
+
+
+def test_flow_subcommand_rejects_unknown_flows() -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "flow", "nope"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "invalid choice: 'nope'" in out.stderr
