@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.artifacts import LoadedModel
-from pipeline.data.faces import decode_faces
+from pipeline.data.faces import decode_table
 from pipeline.data.manifest import empty_rejects
 from pipeline.model.encoder import SiameseEncoder
 
@@ -74,13 +74,13 @@ def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int
     pre = model.meta["preprocessing"]
     for start in range(0, len(table), chunk_size):
         part = table.iloc[start : start + chunk_size]
-        faces = decode_faces(part["abs_path"].tolist(), part["image_path"].tolist(), float(pre["crop_fraction"]),
-                             int(pre["image_size_px"]))
+        faces = decode_table(part, float(pre["crop_fraction"]), int(pre["image_size_px"]))
         emb = embed_array(model.encoder, faces.images, batch_size=batch_size, flip_tta=bool(pre["flip_tta"]),
                           mean=tuple(pre["mean"]), std=tuple(pre["std"]))
         if progress is not None:
             progress(len(part))
-        yield EmbeddedChunk(part.iloc[faces.keep].reset_index(drop=True), emb, faces.rejects)
+        rows = part.iloc[faces.keep].drop(columns=["error"], errors="ignore").reset_index(drop=True)
+        yield EmbeddedChunk(rows, emb, faces.rejects)
 
 
 def embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,

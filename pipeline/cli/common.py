@@ -20,6 +20,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("PIL", "matplotlib", "timm", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if not verbose:  # the commands print their rejects themselves
+        logging.getLogger("pipeline.data.faces").setLevel(logging.ERROR)
 
 
 @contextmanager

@@ -37,9 +37,13 @@ class FaceArray:
     rejects: pd.DataFrame
 
 
-def decode_faces(paths: Sequence[str], display_paths: Sequence[str] | None, crop_fraction: float, size_px: int,
-                 *, threads: int | None = None, progress: Callable[[int], None] | None = None) -> FaceArray:
-    """Decode ``paths`` (absolute) into a :class:`FaceArray`; ``display_paths`` name them in rejects."""
+def decode_faces(paths: Sequence[str | None], display_paths: Sequence[str] | None, crop_fraction: float, size_px: int,
+                 *, threads: int | None = None, progress: Callable[[int], None] | None = None,
+                 known_errors: Sequence[str | None] | None = None) -> FaceArray:
+    """Decode ``paths`` (absolute) into a :class:`FaceArray`; ``display_paths`` name them in rejects.
+
+    ``known_errors[i]``, when not None, rejects item i with that reason without opening it.
+    """
     shown = list(display_paths) if display_paths is not None else list(paths)
     n = len(paths)
     out = np.zeros((n, size_px, size_px, 3), dtype=np.uint8)
@@ -48,8 +52,10 @@ def decode_faces(paths: Sequence[str], display_paths: Sequence[str] | None, crop
 
     def work(i: int) -> tuple[int, str | None]:
         p = paths[i]
+        if known_errors is not None and isinstance(known_errors[i], str):
+            return i, known_errors[i]
         if not isinstance(p, str) or not p:
-            return i, "empty image_path"
+            return i, "image path is empty or not valid UTF-8"
         try:
             out[i] = load_face(p, crop_fraction, size_px)
             return i, None
@@ -72,3 +78,11 @@ def decode_faces(paths: Sequence[str], display_paths: Sequence[str] | None, crop
     rejects = pd.DataFrame(errors, columns=["image_path", "error"]) if errors else empty_rejects()
     images = out[keep] if len(keep) < n else out
     return FaceArray(images=images, keep=keep.astype(np.int64), rejects=rejects)
+
+
+def decode_table(table: pd.DataFrame, crop_fraction: float, size_px: int, *,
+                 progress: Callable[[int], None] | None = None) -> FaceArray:
+    """Decode an image table (``abs_path``, ``image_path``, optional ``error``) into a :class:`FaceArray`."""
+    errors = table["error"].tolist() if "error" in table.columns else None
+    return decode_faces(table["abs_path"].tolist(), table["image_path"].tolist(), crop_fraction, size_px,
+                        progress=progress, known_errors=errors)

@@ -78,6 +78,9 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
                     )
                 if w < 1 or h < 1:
                     raise ImageError(p, f"image has no pixels ({w}x{h})")
+                if img.format == "PNG":  # PIL does not check PNG chunk CRCs while decoding
+                    with Image.open(p) as check:
+                        check.verify()
                 img.seek(0)  # animated formats: first frame
                 img.load()
                 img = ImageOps.exif_transpose(img)

@@ -33,6 +33,20 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
+def _utf8_or_none(text: str) -> str | None:
+    """``text`` if it is valid UTF-8 (no surrogate escapes from undecodable bytes), else None."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return None
+
+
+def _escaped(text: str) -> str:
+    """A printable, valid-UTF-8 form of a file name with undecodable bytes (``\\xe9``)."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def scan_folder(root: str | os.PathLike[str], *, require_identities: bool = True) -> pd.DataFrame:
     """List the images of ``ROOT/<identity>/<image>`` (and, if allowed, ``ROOT/<image>`` with no identity).
 
@@ -47,21 +61,31 @@ def scan_folder(root: str | os.PathLike[str], *, require_identities: bool = True
         raise DataError(f"data folder {r} does not exist")
     if not r.is_dir():
         raise DataError(f"{r} is not a folder (expected ROOT/<identity>/<image> or a .csv/.parquet manifest)")
-    rows: list[tuple[str, str, str | None]] = []
+    rows: list[tuple[str, str | None, str | None, str | None]] = []
+
+    def add(rel: str, path: str, identity: str | None) -> None:
+        if _utf8_or_none(rel) is None:  # names with undecodable bytes become rejects, shown escaped
+            rows.append((_escaped(rel), None, None if identity is None else _escaped(identity),
+                         "file or folder name is not valid UTF-8; rename it"))
+        else:
+            rows.append((rel, os.path.abspath(path), identity, None))
+
     for entry in sorted(os.scandir(r), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
         if entry.is_dir(follow_symlinks=True) and not _is_image_name(entry.name):
             for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
                 if _is_image_name(sub.name):
-                    rows.append((f"{entry.name}/{sub.name}", os.path.abspath(sub.path), entry.name))
+                    add(f"{entry.name}/{sub.name}", sub.path, entry.name)
         elif _is_image_name(entry.name):
-            rows.append((entry.name, os.path.abspath(entry.path), None))
+            add(entry.name, entry.path, None)
     if not rows:
         raise DataError(
             f"no images found under {r} (expected ROOT/<identity>/<image> with suffixes {', '.join(IMAGE_SUFFIXES)})"
         )
-    table = pd.DataFrame(rows, columns=["image_path", "abs_path", "identity"])
+    table = pd.DataFrame(rows, columns=["image_path", "abs_path", "identity", "error"])
+    if table["error"].isna().all():
+        table = table.drop(columns=["error"])
     if require_identities and table["identity"].isna().any():
         loose = table.loc[table["identity"].isna(), "image_path"].head(3).tolist()
         raise DataError(f"{r}: images must sit in one folder per identity (ROOT/<identity>/<image>); loose files: {loose}")
@@ -85,7 +109,8 @@ def read_manifest(path: str | os.PathLike[str], *, required: tuple[str, ...] = (
         if suffix == ".parquet":
             df = pq.read_table(p).to_pandas()
         elif suffix in (".csv", ".txt"):
-            df = pd.read_csv(p, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_values=[""])
+            df = pd.read_csv(p, encoding="utf-8-sig", encoding_errors="surrogateescape", dtype=object,
+                             keep_default_na=False, na_values=[""])
         else:
             raise DataError(f"manifest {p}: unsupported suffix {suffix!r}; use .csv or .parquet")
     except DataError:
@@ -106,17 +131,37 @@ def read_manifest(path: str | os.PathLike[str], *, required: tuple[str, ...] = (
             if bad.any():
                 row = int(bad.to_numpy().nonzero()[0][0])
                 raise DataError(f"manifest {p} row {row}: column {col!r} must be text, got {df[col].iloc[row]!r}")
+    df = _mark_invalid_utf8(df)
     before = len(df)
     df = df.drop_duplicates().reset_index(drop=True)
     if len(df) < before:
         log.warning("manifest %s: dropped %d exact duplicate row(s)", p, before - len(df))
     base = p.parent.resolve()
     df["image_path"] = df["image_path"].astype(object)
+    bad = df["error"].notna() if "error" in df.columns else pd.Series(False, index=df.index)
     df["abs_path"] = [
-        (str(base / v) if not os.path.isabs(v) else v) if isinstance(v, str) and v else None for v in df["image_path"]
+        None if skip else (str(base / v) if not os.path.isabs(v) else v) if isinstance(v, str) and v else None
+        for v, skip in zip(df["image_path"], bad)
     ]
     if "identity" not in df.columns:
         df["identity"] = None
+    return df
+
+
+def _mark_invalid_utf8(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose text is not valid UTF-8 get an ``error`` (and an escaped, printable value) instead of crashing."""
+    errors: list[str | None] = [None] * len(df)
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        values = df[col].tolist()
+        for i, v in enumerate(values):
+            if isinstance(v, str) and _utf8_or_none(v) is None:
+                values[i] = _escaped(v)
+                errors[i] = errors[i] or f"column {col!r} is not valid UTF-8 (shown escaped); fix the manifest's encoding"
+        df[col] = pd.Series(values, index=df.index, dtype=object)
+    if any(errors):
+        df["error"] = errors
     return df
 
 
