@@ -26,7 +26,8 @@ class DataConfig:
     image_size_px: int = 64  # network input size
     dev_folds: tuple[int, ...] = (6, 7)  # 1-based folds of the pairs file never trained on
     val_folds: tuple[int, ...] = (5,)  # folds whose people are held out for checkpoint choice + calibration
-    val_fraction: float = 0.1  # without a pairs file: fraction of identities held out for validation
+    val_fraction: float = 0.1  # fraction of multi-image identities held out for validation (no val folds)
+    val_source: str = "folds"  # folds: people of val_folds validate | train: a val_fraction slice of train people
     min_images_per_identity: int = 1  # single-image people are kept (classes / negatives)
 
 
@@ -52,6 +53,7 @@ class LossConfig:
     cosine_margin: float = 0.35  # cosface
     scale: float = 30.0  # margin-softmax logit scale
     mining: str = "batch-hard"  # triplet: batch-hard | semi-hard | all
+    triplet_weight: float = 0.0  # arcface/cosface: add this times a triplet term (mixed loss); 0 = off
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class TrainConfig:
     eval_every_steps: int = 200
     seed: int = 0
     augment: bool = True
+    augment_rotation_deg: float = 0.0  # random in-plane rotation up to +- this (0 = off)
+    augment_scale: float = 0.0  # random zoom in [1 - s, 1 + s] (0 = off)
+    sampler_min_images: int = 2  # metric losses: people with fewer than K (but >= this) images are drawn with repeats
+    ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and saved instead (0 = off)
     threads: int = 0  # 0: torch default
 
 
@@ -190,6 +196,13 @@ def validate(cfg: Config) -> None:
         (cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be > 0"),
         (all(0 < f < 1 for f in cfg.eval.target_fars), f"eval.target_fars={cfg.eval.target_fars} must be in (0, 1)"),
         (cfg.eval.default_far in cfg.eval.target_fars, "eval.default_far must be one of eval.target_fars"),
+    ]
+    checks += [
+        (cfg.data.val_source in ("folds", "train"), f"data.val_source={cfg.data.val_source!r} is not one of ['folds', 'train']"),
+        (0.0 <= cfg.train.ema_decay < 1.0, f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)"),
+        (cfg.train.sampler_min_images >= 1, f"train.sampler_min_images={cfg.train.sampler_min_images} must be >= 1"),
+        (0.0 <= cfg.train.augment_scale < 0.5, f"train.augment_scale={cfg.train.augment_scale} must be in [0, 0.5)"),
+        (cfg.loss.triplet_weight >= 0, f"loss.triplet_weight={cfg.loss.triplet_weight} must be >= 0"),
     ]
     losses = ("contrastive", "triplet", "arcface", "cosface")
     checks.append((cfg.loss.name in losses, f"loss.name={cfg.loss.name!r} is not one of {list(losses)}"))

@@ -36,12 +36,36 @@ class TrainingData:
     rejects: pd.DataFrame
 
 
+def val_from_train(table: pd.DataFrame, split: Split, fraction: float, seed: int) -> Split:
+    """Move a seeded ``fraction`` of the multi-image training people to validation.
+
+    Used with ``data.val_source="train"``: the val folds' people then train, and checkpoint choice +
+    calibration use this slice instead. Dev people are never touched.
+    """
+    counts = table[table["identity"].isin(split.train)]["identity"].value_counts()
+    multi = sorted(counts[counts >= 2].index)
+    if len(multi) < 4:
+        raise DataError(f"need at least 4 training people with >= 2 images to validate, found {len(multi)}")
+    n_val = max(2, int(round(len(multi) * fraction)))
+    val = frozenset(np.random.default_rng(seed).choice(multi, size=n_val, replace=False).tolist())
+    return Split(split.train - val, val, split.dev, None, split.dev_pairs)
+
+
 def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> tuple[pd.DataFrame, Split]:
-    """The image table of ``data`` and its person-disjoint split (see :mod:`pipeline.data.splits`)."""
+    """The image table of ``data`` and its person-disjoint split (see :mod:`pipeline.data.splits`).
+
+    With a pairs file: dev = people of ``data.dev_folds`` (never trained on); validation = people of
+    ``data.val_folds`` (``val_source="folds"``) or a ``val_fraction`` slice of the other people
+    (``val_source="train"``, the val folds then train); training = everyone else, single-image people included.
+    """
     table = read_images(data, require_identities=True, required=("image_path", "identity"))
     identities = set(table["identity"])
     if pairs_file is not None:
-        split = split_by_pairs(identities, parse_pairs(pairs_file), cfg.data.dev_folds, cfg.data.val_folds)
+        from_folds = cfg.data.val_source == "folds"
+        split = split_by_pairs(identities, parse_pairs(pairs_file), cfg.data.dev_folds,
+                               cfg.data.val_folds if from_folds else ())
+        if not from_folds:
+            split = val_from_train(table, split, cfg.data.val_fraction, cfg.train.seed)
     else:
         split = split_random(table, cfg.data.val_fraction, cfg.train.seed)
     if split.val_pairs is None:

@@ -6,6 +6,7 @@ the validation people every ``eval_every_steps``, keep the best model, calibrate
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline import checkpoint as ckpt
@@ -25,7 +27,7 @@ from pipeline.config import Config, to_dict
 from pipeline.embed import to_input
 from pipeline.errors import ConfigError
 from pipeline.evaluation import achieved_far, calibrate_thresholds, evaluate_encoder
-from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss
+from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss, WeightedSumLoss
 from pipeline.model.encoder import build_encoder
 from pipeline.prepare import TrainingData
 from pipeline.sampling import PKSampler
@@ -54,7 +56,10 @@ def identity_hashes(names: list[str]) -> list[str]:
 
 
 def build_loss(cfg: Config, num_classes: int) -> nn.Module:
-    """The configured loss module (a margin-softmax loss owns trainable class centres)."""
+    """The configured loss module (a margin-softmax loss owns trainable class centres).
+
+    ``loss.triplet_weight > 0`` with arcface/cosface adds a triplet term on the same batch (mixed loss).
+    """
     lc = cfg.loss
     if lc.name == "contrastive":
         return ContrastiveLoss(lc.contrastive_margin)
@@ -62,12 +67,30 @@ def build_loss(cfg: Config, num_classes: int) -> nn.Module:
         return TripletLoss(lc.triplet_margin, lc.mining)
     if lc.name in ("arcface", "cosface"):
         margin = lc.angular_margin_rad if lc.name == "arcface" else lc.cosine_margin
-        return MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
+        head = MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
+        if lc.triplet_weight > 0:
+            return WeightedSumLoss([head, TripletLoss(lc.triplet_margin, lc.mining)], [1.0, lc.triplet_weight])
+        return head
     raise ConfigError(f"loss.name={lc.name!r} is not one of ['contrastive', 'triplet', 'arcface', 'cosface']")
 
 
-def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool) -> torch.Tensor:
-    """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S): random crop, mirror, brightness/contrast jitter."""
+def build_sampler(cfg: Config, labels: np.ndarray) -> PKSampler:
+    """P x K batches. Margin-softmax losses use every person (single-image ones are classes too);
+    metric losses use people with >= ``train.sampler_min_images`` images (repeats fill up K)."""
+    tc = cfg.train
+    if cfg.loss.name in ("arcface", "cosface"):
+        return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed, allow_repeats=True)
+    return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed,
+                     min_images=min(tc.images_per_identity, max(2, tc.sampler_min_images)))
+
+
+def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool,
+            rotation_deg: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S).
+
+    Random crop, mirror, brightness/contrast jitter, and optionally a random rotation (+-
+    ``rotation_deg``) and zoom (``1 +- scale``) applied as one batched affine warp.
+    """
     b, load_px = images.shape[0], images.shape[1]
     if not enabled or load_px == out_px:
         off = (load_px - out_px) // 2
@@ -78,9 +101,27 @@ def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: 
     flip = rng.random(b) < 0.5
     crops[flip] = crops[flip, :, ::-1]
     x = to_input(crops)
+    if rotation_deg > 0 or scale > 0:
+        angle = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, size=b))
+        zoom = rng.uniform(1.0 - scale, 1.0 + scale, size=b)
+        theta = np.zeros((b, 2, 3), dtype=np.float32)
+        theta[:, 0, 0] = theta[:, 1, 1] = np.cos(angle) / zoom
+        theta[:, 0, 1] = -np.sin(angle) / zoom
+        theta[:, 1, 0] = np.sin(angle) / zoom
+        grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(b, 1, 1, 1))).float()
     bias = torch.from_numpy(rng.uniform(-0.15, 0.15, size=(b, 1, 1, 1))).float()
     return (x * gain + bias).clamp_(-1.5, 1.5)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers (BatchNorm statistics) are copied."""
+    for e, m in zip(ema.parameters(), model.parameters()):
+        e.lerp_(m.detach(), 1.0 - decay)
+    for e, m in zip(ema.buffers(), model.buffers()):
+        e.copy_(m)
 
 
 def lr_at(step: int, total: int, cfg: Config) -> float:
@@ -96,6 +137,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
           on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an encoder within ``cfg.train.minutes`` and save the best one (by validation AUC) to ``out_dir``.
 
+    With ``train.ema_decay > 0`` the weight average is what is evaluated, kept and saved.
     A checkpoint in ``out_dir/checkpoint`` is written at every evaluation; ``resume=True`` continues it.
     """
     t0 = time.monotonic()
@@ -112,15 +154,17 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     loss_fn = build_loss(cfg, len(data.class_names))
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    ema = copy.deepcopy(model).eval() if cfg.train.ema_decay > 0 else None
+    kept = ema if ema is not None else model  # the weights that are evaluated and saved
+    # what the checkpoint stores besides the model: loss parameters (+ the weight average)
+    extra: nn.Module = loss_fn if ema is None else nn.ModuleDict({"loss": loss_fn, "ema": ema})
     params = list(model.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    margin_loss = isinstance(loss_fn, MarginSoftmaxLoss)
-    sampler = PKSampler(data.labels, cfg.train.identities_per_batch, cfg.train.images_per_identity,
-                        seed=cfg.train.seed, allow_repeats=margin_loss)
+    sampler = build_sampler(cfg, data.labels)
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
     if resume and ckpt.has_checkpoint(ckpt_dir):
-        state = ckpt.load_checkpoint(ckpt_dir, model, loss_fn, opt)
+        state = ckpt.load_checkpoint(ckpt_dir, model, extra, opt)
         if state["config"] != to_dict(cfg):
             raise ConfigError(f"cannot resume {ckpt_dir}: it was trained with a different config; use a new --out")
         step, total_steps, best_auc, history = state["step"], state["total_steps"], state["best_auc"], state["history"]
@@ -129,20 +173,28 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
 
     def evaluate_and_keep() -> None:
         nonlocal best_auc
-        metrics, _ = evaluate_encoder(model, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
+        metrics, _ = evaluate_encoder(kept, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
         auc = metrics.get("pairs", metrics.get("all_pairs", {})).get("auc", 0.0)
         history.append({"step": step, "val_auc": auc, "seconds": round(time.monotonic() - t0, 1)})
         if auc > best_auc:
             best_auc = auc
-            ckpt.save_best(ckpt_dir, model)
-        ckpt.save_checkpoint(ckpt_dir, model, loss_fn, opt, {"step": step, "total_steps": total_steps,
-                                                             "best_auc": best_auc, "history": history,
-                                                             "config": to_dict(cfg)})
+            ckpt.save_best(ckpt_dir, kept)
+        ckpt.save_checkpoint(ckpt_dir, model, extra, opt, {"step": step, "total_steps": total_steps,
+                                                           "best_auc": best_auc, "history": history,
+                                                           "config": to_dict(cfg)})
         log.info("step %d: val AUC %.4f (best %.4f)", step, auc, best_auc)
 
     steps_per_epoch = max(1, len(sampler))
     max_steps = cfg.train.max_epochs * steps_per_epoch
     timing_start, start_step = time.monotonic(), step
+    train_budget_s = budget_s * (1 - RESERVE_FRACTION)
+
+    def resize_schedule(per_step: float) -> int:
+        # the schedule ends when the training budget does; re-sized at every evaluation so that the
+        # time evaluations take (and a shared machine's slowdowns) still let the cosine reach its end
+        remaining = train_budget_s - (time.monotonic() - t0)
+        return int(min(max_steps, step + max(1, remaining / per_step)))
+
     model.train()
     try:
         while True:
@@ -150,27 +202,31 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
                 if total_steps == 0 and step - start_step == WARM_STEPS:
                     timing_start = time.monotonic()
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
-                    per_step = (time.monotonic() - timing_start) / TIMING_STEPS
-                    remaining = budget_s * (1 - RESERVE_FRACTION) - (time.monotonic() - t0)
-                    total_steps = int(min(max_steps, step + max(1, remaining / per_step)))
-                    log.info("%.3f s/step: schedule of %d steps (%.1f epochs)", per_step, total_steps,
-                             total_steps / steps_per_epoch)
+                    total_steps = resize_schedule((time.monotonic() - timing_start) / TIMING_STEPS)
+                    log.info("schedule of %d steps (%.1f epochs)", total_steps, total_steps / steps_per_epoch)
                 limit = total_steps or max_steps
                 if step >= limit or time.monotonic() - t0 > budget_s * (1 - RESERVE_FRACTION / 2):
                     raise StopIteration
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, limit, cfg)
-                x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment)
+                x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment,
+                            cfg.train.augment_rotation_deg, cfg.train.augment_scale)
                 labels = torch.from_numpy(data.labels[batch])
                 loss = loss_fn(model.embed(x.contiguous(memory_format=memory_format)), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
+                if ema is not None:
+                    # warm-up of the average: early on it follows the model closely
+                    update_ema(ema, model, min(cfg.train.ema_decay, (1 + step) / (10 + step)))
                 if on_step is not None:
                     on_step({"step": step, "total_steps": limit, "loss": loss.item(), "epoch": step / steps_per_epoch})
                 if step % cfg.train.eval_every_steps == 0:
                     evaluate_and_keep()
+                    if total_steps and step > start_step + WARM_STEPS + TIMING_STEPS:
+                        per_step = (time.monotonic() - timing_start) / (step - start_step - WARM_STEPS)
+                        total_steps = max(step + 1, resize_schedule(per_step))
     except StopIteration:
         pass
     except KeyboardInterrupt:

@@ -70,6 +70,7 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(p, f"file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on damaged metadata: the result decides
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
@@ -96,6 +97,8 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(p, "permission denied") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as exc:
         raise ImageError(p, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL plugins raise arbitrary types on malformed data (found by fuzzing)
+        raise ImageError(p, f"malformed image data ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(p, f"decoded to unexpected shape {arr.shape}")
     return arr

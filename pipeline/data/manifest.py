@@ -120,6 +120,9 @@ def read_manifest(path: str | os.PathLike[str], *, required: tuple[str, ...] = (
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise DataError(f"manifest {p} cannot be read: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
+    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if dupes:
+        raise DataError(f"manifest {p}: duplicate column name(s) {dupes}; each column must appear once")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"manifest {p}: missing column(s) {missing}; found {list(df.columns)}")
