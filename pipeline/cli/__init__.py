@@ -26,6 +26,9 @@ EPILOG = """examples:
 Run `facepipe COMMAND --help` for the options of one command."""
 
 
+DEMO_MINUTES = 3.0  # the demo's training budget unless --minutes says otherwise
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="folder holding lfw/ and a pairs file (default: $FACEPIPE_DATA)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     _add_config(p)
-    p.set_defaults(func=f"{m}:cmd_demo")
+    p.set_defaults(func=f"{m}:cmd_demo", minutes=DEMO_MINUTES)  # --minutes defaults to 3 here
 
     p = sub.add_parser("train", help="train an encoder from identity folders or a manifest")
     p.add_argument("--data", required=True, metavar="DIR|MANIFEST", help="ROOT/<identity>/<image> or CSV/Parquet")

@@ -40,8 +40,8 @@ def cmd_verify(args: argparse.Namespace, out) -> int:
     n_match = int(res["match"].sum()) if len(res) else 0
     unknown = int((~res["known"]).sum()) if len(res) else 0
     out(f"verified {len(res)} claim(s): {n_match} match, {len(res) - n_match} no match "
-        f"({unknown} claimed an identity not enrolled); threshold {res['threshold'].iloc[0] if len(res) else '-'}"
-        f" -> {args.out}")
+        f"({unknown} claimed an identity not enrolled); threshold "
+        f"{f'{res.threshold.iloc[0]:.4f}' if len(res) else '-'} -> {args.out}")
     write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
     return 0
 
