@@ -1,26 +1,35 @@
-"""Prefect tasks: each wraps one library call. Retries only where the work is I/O.
+"""Prefect tasks of the enrol and lookup flows: each wraps `pipeline.gallery` calls. Retries only on I/O.
 
-Tasks take paths and plain tables (not open models or stores) so they can run in another
-process (e.g. on Dask); the model and store are opened once per process and cached.
+Tasks take paths and plain tables (not open models or stores) so they can run in another process
+(a Dask worker); the model, the store and its known image hashes are opened once per process.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.futures import PrefectFuture
 
+from indexes import GalleryStore
 from pipeline import gallery
-from pipeline.config import Config
+from pipeline.artifacts import LoadedModel, load_model
 from pipeline.data.manifest import read_images
 from pipeline.embed import write_parquet_atomic
-from pipeline.prepare import TrainingData, prepare_training
-from pipeline.train import TrainResult, train
+from pipeline.errors import DataError
+from pipeline.registry import ModelRegistry
+
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 def _is_io_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only when the failure was an OSError (disk, network file system), never a bad input."""
@@ -33,19 +42,80 @@ def _is_io_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _is_io_error}
+
+
+def windowed(submit: Callable[[T], PrefectFuture[R]], items: Iterable[T], max_in_flight: int) -> Iterator[R]:
+    """Submit ``items`` with at most ``max_in_flight`` running; yield results in submission order.
+
+    Memory stays bounded by the window whatever the input size, and results come back in input order
+    whether the task runner is threads or a Dask cluster.
+    """
+    pending: deque[PrefectFuture[R]] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= max_in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------- per-process caches
 @functools.lru_cache(maxsize=4)
-def _open(index_dir: str, model_dir: str | None, create: bool, manifest_stamp: int) -> tuple[Any, Any]:
-    return gallery.open_gallery(index_dir, model_dir, create=create)
+def _model(model_dir: str, stamp: int) -> LoadedModel:
+    return load_model(model_dir)
 
 
-def open_gallery_cached(index_dir: str, model_dir: str | None = None, create: bool = False) -> tuple[Any, Any]:
-    """Open a store + model once per process; reopened when the store's manifest changes on disk."""
+def cached_model(model_dir: str) -> LoadedModel:
+    """The model at ``model_dir``, loaded once per process (reloaded if model.json changes)."""
+    return _model(str(model_dir), (Path(model_dir) / "model.json").stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_store(index_dir: str) -> GalleryStore:
+    """An open store (it refreshes itself when another writer commits)."""
+    return GalleryStore.open(index_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _known(index_dir: str, stamp: int) -> frozenset[str]:
+    return frozenset(cached_store(index_dir).metadata()["image_sha256"])
+
+
+def known_sha256(index_dir: str) -> frozenset[str]:
+    """sha256 of every image in the store (empty if it does not exist yet), cached per store generation."""
     manifest = Path(index_dir) / "manifest.json"
-    stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
-    return _open(str(index_dir), None if model_dir is None else str(model_dir), create, stamp)
+    return _known(str(index_dir), manifest.stat().st_mtime_ns) if manifest.is_file() else frozenset()
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error)
+# ----------------------------------------------------------------- where enrolments and lookups go
+@dataclass(frozen=True)
+class Target:
+    """A store and the model of its embeddings; ``registry`` set when they are the registry's live pair."""
+
+    index_dir: str
+    model_dir: str
+    model_version: str
+    registry: str | None = None
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
+def resolve_target(index: str | None, model: str | None, registry: str | None, create: bool = False) -> Target:
+    """The live pair of ``registry``, or the store ``index`` (created with ``model`` if asked)."""
+    if registry is not None:
+        if index is not None or model is not None:
+            raise DataError("pass either --registry or --index/--model, not both")
+        reg = ModelRegistry.open(registry)
+        pair = reg.require_current()
+        return Target(str(reg.store_dir(pair.store)), str(reg.model_dir(pair.model_version)), pair.model_version,
+                      str(reg.root))
+    if index is None:
+        raise DataError("name a gallery: --index INDEX_DIR (with --model for a new one) or --registry DIR")
+    store, loaded = gallery.open_gallery(index, model, create=create)
+    return Target(str(store.path), str(loaded.path), loaded.model_version)
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
 def read_table(source: str, require_identities: bool) -> pd.DataFrame:
     """Read an image folder or manifest into an image table."""
     if require_identities:
@@ -53,44 +123,94 @@ def read_table(source: str, require_identities: bool) -> pd.DataFrame:
     return gallery.read_probes(source)
 
 
-@task(cache_policy=NONE)
-def prepare_data(data: str, pairs: str | None, cfg: Config) -> TrainingData:
-    return prepare_training(data, pairs, cfg)
+# ----------------------------------------------------------------- enrolment
+@task(cache_policy=NONE, **IO_RETRIES)
+def embed_images(target: Target, chunk: pd.DataFrame) -> gallery.EnrolBatch:
+    """Hash + embed one chunk, skipping images the target store already holds (so a re-run embeds nothing)."""
+    return gallery.embed_for_enrolment(cached_model(target.model_dir), chunk, known_sha256(target.index_dir))
 
 
-@task(cache_policy=NONE)
-def train_model(cfg: Config, data: TrainingData, out_dir: str) -> TrainResult:
-    return train(cfg, data, out_dir)
+@task(cache_policy=NONE, **IO_RETRIES)
+def commit_batch(target: Target, batch: gallery.EnrolBatch) -> gallery.ChunkResult:
+    """One atomic commit of an embedded chunk (into the registry's live store, if that is the target)."""
+    if target.registry is not None:
+        return gallery.commit_to_registry(ModelRegistry.open(target.registry), batch)
+    return gallery.commit_enrolment(cached_store(target.index_dir), batch)
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error)
-def enroll_chunk(index_dir: str, model_dir: str | None, chunk: pd.DataFrame) -> gallery.ChunkResult:
-    store, model = open_gallery_cached(index_dir, model_dir, create=True)
-    return gallery.enroll_chunk(store, model, chunk)
+# ----------------------------------------------------------------- lookup
+@dataclass(frozen=True)
+class LookupPart:
+    """What a lookup chunk left behind: its results file (None if no rows), counts, and its rejects."""
+
+    path: str | None
+    counts: dict[str, int]
+    rejects: pd.DataFrame
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error)
-def lookup_chunk(index_dir: str, model_dir: str | None, chunk: pd.DataFrame, mode: str, top_k: int,
-                 threshold: float | None) -> gallery.ChunkResult:
-    store, model = open_gallery_cached(index_dir, model_dir)
+def lookup_counts(mode: str, res: pd.DataFrame) -> dict[str, int]:
     if mode == "verify":
-        return gallery.verify_chunk(store, model, chunk, threshold=threshold)
-    return gallery.identify_chunk(store, model, chunk, top_k=top_k, threshold=threshold)
+        return {"claims": len(res), "match": int(res["match"].sum()) if len(res) else 0}
+    top1 = res[res["rank"] == 1] if len(res) else res
+    identified = int((top1["decision"] != "unknown").sum()) if len(res) else 0
+    return {"probes": len(top1), "identified": identified, "unknown": len(top1) - identified}
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error)
+@task(cache_policy=NONE, **IO_RETRIES)
+def lookup_chunk(target: Target, chunk: pd.DataFrame, mode: str, top_k: int, threshold: float | None,
+                 part_path: str) -> LookupPart:
+    """Verify or identify one chunk of probes; write its results to ``part_path`` (bounded memory)."""
+    store, model = cached_store(target.index_dir), cached_model(target.model_dir)
+    if mode == "verify":
+        r = gallery.verify_chunk(store, model, chunk, threshold=threshold)
+    else:
+        r = gallery.identify_chunk(store, model, chunk, top_k=top_k, threshold=threshold)
+    if len(r.results):
+        write_parquet_atomic(r.results, part_path)
+    return LookupPart(part_path if len(r.results) else None, lookup_counts(mode, r.results), r.rejects)
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
+def merge_parts(parts: list[str], out: str, mode: str) -> str:
+    """Concatenate the part files in order into ``out`` (atomic), then delete them."""
+    empty = {"verify": ["image_path", "claimed_identity", "score", "threshold", "match", "model_version"],
+             "identify": ["image_path", "rank", "identity", "score", "decision", "model_version"]}[mode]
+    gallery.concat_parquet(parts, out, empty=pd.DataFrame(columns=empty))
+    for part in parts:
+        Path(part).unlink(missing_ok=True)
+    if parts:
+        Path(parts[0]).parent.rmdir()
+    return out
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
 def write_table(table: pd.DataFrame, path: str) -> str:
     write_parquet_atomic(table, path)
     return str(Path(path))
 
 
+# ----------------------------------------------------------------- artifacts
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a table (the columns of the first row)."""
+    if not rows:
+        return []
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return out + ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
+
+
 @task(cache_policy=NONE)
-def publish(title: str, counts: dict[str, Any], rejects: pd.DataFrame, key: str) -> None:
-    """A markdown summary and a table artifact (counts, then the first rejects)."""
-    lines = [f"# {title}", "", "| what | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in counts.items()]
+def publish(title: str, counts: dict[str, Any], rejects: pd.DataFrame, key: str, notes: str = "") -> None:
+    """A markdown summary (counts, notes, first rejects) and table artifacts (counts; rejects)."""
+    lines = [f"# {title}", "", *markdown_table([{"what": k, "value": v} for k, v in counts.items()])]
+    if notes:
+        lines += ["", notes]
     if len(rejects):
-        lines += ["", f"## Rejects ({len(rejects)})", "", "| image_path | error |", "|---|---|"]
-        lines += [f"| {r.image_path} | {str(r.error).replace('|', '/')} |" for r in rejects.head(20).itertuples()]
+        lines += ["", f"## Rejects ({len(rejects)})", ""]
+        lines += markdown_table([{"image_path": r.image_path, "error": r.error} for r in rejects.head(20).itertuples()])
     create_markdown_artifact("\n".join(lines), key=key, description=title)
-    create_table_artifact([{"what": k, "value": str(v)} for k, v in counts.items()], key=f"{key}-counts")
+    create_table_artifact([{"what": k, "value": str(v)} for k, v in counts.items()], key=f"{key}-counts",
+                          description=f"{title}: counts")
+    if len(rejects):
+        create_table_artifact(rejects.head(1000).astype(str).to_dict("records"), key=f"{key}-rejects",
+                              description=f"{title}: rejected images (first 1000)")

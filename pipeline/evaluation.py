@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline.data.faces import decode_faces
 from pipeline.embed import embed_array
 from pipeline.errors import DataError
-from pipeline.metrics import all_pair_scores, threshold_at_far, verification_report
+from pipeline.metrics import all_pair_scores, kfold_accuracy, threshold_at_far, verification_report
 from pipeline.model.encoder import SiameseEncoder
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,36 @@ def evaluate_embeddings(es: EvalSet, emb: np.ndarray, fars: tuple[float, ...]) -
     if len(es.same) and es.same.any() and (~es.same).any():
         scores = (emb[es.pair_i] * emb[es.pair_j]).sum(axis=1)
         out["pairs"] = verification_report(scores, es.same, es.fold, fars).to_dict()
+        sub = ten_subfolds(es.fold, es.same)
+        if sub is not None:
+            acc, std = kfold_accuracy(scores, es.same, sub)
+            out["pairs"]["accuracy_10fold"], out["pairs"]["accuracy_10fold_std"] = acc, std
     scores, labels = all_pair_scores(emb, es.identities)
     if labels.any() and (~labels).any():
         rep = verification_report(scores, labels, None, fars).to_dict()
         out["all_pairs"] = {k: rep[k] for k in ("pairs", "auc", "eer", "tar_at_far")}
         out["all_pairs"]["genuine_pairs"] = int(labels.sum())
+    return out
+
+
+def ten_subfolds(fold: np.ndarray, same: np.ndarray) -> np.ndarray | None:
+    """Split k protocol folds (k in 1, 2, 5, 10) into 10 balanced folds for LFW-style 10-fold accuracy.
+
+    Each protocol fold is cut into ``10 // k`` consecutive parts of its genuine and of its impostor
+    pairs (so every part keeps the 50/50 balance). fold, same: (P,) -> int64 (P,) fold ids, or None
+    when k does not divide 10 or a part would be empty.
+    """
+    folds = np.unique(fold)
+    if len(folds) == 0 or 10 % len(folds):
+        return None
+    n_sub = 10 // len(folds)
+    out = np.zeros(len(fold), dtype=np.int64)
+    for fi, f in enumerate(folds):
+        for s in (True, False):
+            idx = np.flatnonzero((fold == f) & (same == s))
+            if len(idx) < n_sub:
+                return None
+            out[idx] = fi * n_sub + np.arange(len(idx)) * n_sub // len(idx)
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,9 @@ from indexes import GalleryStore
 from pipeline.artifacts import LoadedModel, load_model
 from pipeline.data.images import sha256_file
 from pipeline.data.manifest import empty_rejects, read_images
-from pipeline.embed import iter_embed_table, read_embeddings
+from pipeline.embed import iter_embed_table, read_embeddings, write_parquet_atomic
 from pipeline.errors import DataError
+from pipeline.registry import ANY, ModelRegistry, Pair, Pointer
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +81,79 @@ def _embed(model: LoadedModel, table: pd.DataFrame) -> tuple[pd.DataFrame, np.nd
     return chunk.rows, chunk.embeddings, chunk.rejects
 
 
-def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame) -> ChunkResult:
-    """Embed and enrol one chunk (identity + image_path rows) in ONE atomic commit.
+@dataclass(frozen=True)
+class EnrolBatch:
+    """Embedded images ready to commit: ``rows`` (image table + ``image_sha256``), float32 (N, D) embeddings
+    made by ``model_version``, rejects, and how many rows were skipped as already enrolled."""
 
-    Results: the added rows (row_id, identity, image_path, image_sha256). Duplicates of an already
-    enrolled image (same sha256) are skipped and reported in rejects.
+    rows: pd.DataFrame
+    embeddings: np.ndarray
+    rejects: pd.DataFrame
+    model_version: str
+    skipped: int = 0
+
+
+def _sha_or_none(path: object) -> str | None:
+    try:
+        return sha256_file(str(path))
+    except (OSError, TypeError):
+        return None  # decoding reports the reason as a reject
+
+
+def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: Collection[str] = ()) -> EnrolBatch:
+    """Hash and embed one chunk of an image table, skipping images whose sha256 is in ``known_sha256``.
+
+    An ``image_sha256`` column already in ``table`` (e.g. from a store's metadata) is what the file must
+    still hash to: a file that changed is rejected ("image changed since enrolment").
     """
-    rows, emb, rejects = _embed(model, table)
+    table = table.rename(columns={"image_sha256": "expected_sha256"}).assign(
+        image_sha256=[_sha_or_none(p) for p in table["abs_path"]])
+    known = table["image_sha256"].isin(set(known_sha256))
+    changed = table["image_sha256"].notna() & table.get("expected_sha256", table["image_sha256"]).ne(
+        table["image_sha256"])
+    todo = table[~known & ~changed].reset_index(drop=True)
+    if todo.empty:
+        rows, emb, rejects = todo, np.zeros((0, model.encoder.embedding_dim), np.float32), empty_rejects()
+    else:
+        rows, emb, rejects = _embed(model, todo)
+    if changed.any():
+        rejects = pd.concat([rejects, pd.DataFrame({"image_path": table.loc[changed, "image_path"].astype(str),
+                                                    "error": "image changed since enrolment (sha256 differs)"})],
+                            ignore_index=True)
+    rows = rows.drop(columns=["expected_sha256"], errors="ignore")
+    missing_sha = rows["image_sha256"].isna()
+    if missing_sha.any():  # decoded now although unreadable a moment ago: hash again
+        rows.loc[missing_sha, "image_sha256"] = [sha256_file(p) for p in rows.loc[missing_sha, "abs_path"]]
+    return EnrolBatch(rows, emb, rejects, model.model_version, skipped=int(known.sum()))
+
+
+def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
+    """Enrol an embedded batch in ONE atomic commit. The store keeps the ABSOLUTE image path, so the gallery
+    can be re-embedded with a new model later (`reembed_chunk`, `sync_store`).
+
+    Results: the added rows (row_id, identity, image_path, image_sha256). Images already enrolled (same
+    sha256) are skipped and reported in rejects under the path the user gave.
+    """
+    rows, rejects = batch.rows, batch.rejects
     if rows.empty:
         return ChunkResult(pd.DataFrame(columns=["row_id", "identity", "image_path", "image_sha256"]), rejects)
-    shas = [sha256_file(p) for p in rows["abs_path"]]
-    res = store.enroll(emb, rows["identity"].astype(str).tolist(), rows["image_path"].astype(str).tolist(), shas,
-                       model_version=model.model_version)
+    res = store.enroll(batch.embeddings, rows["identity"].astype(str).tolist(), rows["abs_path"].astype(str).tolist(),
+                       rows["image_sha256"].astype(str).tolist(), model_version=batch.model_version)
     dup = res.duplicates
     if len(dup):
+        given = dict(zip(rows["abs_path"].astype(str), rows["image_path"].astype(str)))
         dup_rejects = pd.DataFrame({
-            "image_path": dup["image_path"].astype(str),
+            "image_path": [given.get(p, p) for p in dup["image_path"].astype(str)],
             "error": [f"duplicate image (sha256 {s[:12]}...) already enrolled as row {r} of {i!r}"
                       for s, r, i in zip(dup["image_sha256"], dup["existing_row_id"], dup["existing_identity"])],
         })
         rejects = pd.concat([rejects, dup_rejects], ignore_index=True)
     return ChunkResult(res.added, rejects)
+
+
+def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame) -> ChunkResult:
+    """Embed and enrol one chunk (identity + image_path rows) in ONE atomic commit (see `commit_enrolment`)."""
+    return commit_enrolment(store, embed_for_enrolment(model, table))
 
 
 def identify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, top_k: int = 5,
@@ -170,3 +223,122 @@ def run_chunked(fn: Callable[[pd.DataFrame], ChunkResult], table: pd.DataFrame, 
             progress(len(part))
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
     return res, (pd.concat(rejects, ignore_index=True) if rejects else empty_rejects())
+
+
+# ----------------------------------------------------------------- re-embedding and the model registry
+def gallery_images(store: GalleryStore) -> pd.DataFrame:
+    """The enrolled images as an image table (image_path, abs_path, identity, image_sha256), by row_id."""
+    meta = store.metadata()
+    paths = meta["image_path"].astype(str)
+    return pd.DataFrame({"image_path": paths, "abs_path": [p if os.path.isabs(p) else None for p in paths],
+                         "identity": meta["identity"].astype(str), "image_sha256": meta["image_sha256"].astype(str)})
+
+
+def missing_images(table: pd.DataFrame) -> pd.DataFrame:
+    """Rejects (image_path, error) for rows whose file is not there (or whose stored path is not absolute)."""
+    bad = [(p, "stored path is relative; re-enrol it" if a is None else "image file is missing")
+           for p, a in zip(table["image_path"], table["abs_path"]) if a is None or not os.path.isfile(a)]
+    return pd.DataFrame(bad, columns=["image_path", "error"]) if bad else empty_rejects()
+
+
+def require_clean(rejects: pd.DataFrame, what: str) -> None:
+    """Raise DataError naming the first rejected images (used before any switch: nothing is dropped silently)."""
+    if len(rejects):
+        shown = "; ".join(f"{r.image_path}: {r.error}" for r in rejects.head(5).itertuples())
+        raise DataError(f"{what}: {len(rejects)} enrolled image(s) cannot be re-embedded, e.g. {shown}. Restore them, "
+                        "or remove their identities from the live gallery, then retry (production is unchanged)")
+
+
+def reembed_chunk(model: LoadedModel, table: pd.DataFrame) -> EnrolBatch:
+    """Re-embed enrolled images (a `gallery_images` chunk) with ``model``; any missing, unreadable or changed
+    image raises DataError, so a gallery is never switched with images silently dropped."""
+    require_clean(missing_images(table), "re-embedding")
+    batch = embed_for_enrolment(model, table)
+    require_clean(batch.rejects, "re-embedding")
+    return batch
+
+
+def sync_store(source: GalleryStore, target: GalleryStore, model: LoadedModel, chunk_size: int = 1024) -> dict[str, int]:
+    """Make ``target`` (embedded with ``model``) hold exactly the images of ``source``: identities whose rows
+    differ are removed and re-embedded, images enrolled since are added. Returns counts (added, removed)."""
+    src, tgt = gallery_images(source), target.metadata()
+    stale = set(tgt.loc[~tgt["image_sha256"].isin(set(src["image_sha256"])), "identity"])
+    removed = sum(target.remove_identity(name) for name in sorted(stale))
+    todo = src[~src["image_sha256"].isin(set(tgt["image_sha256"])) | src["identity"].isin(stale)]
+    require_clean(missing_images(todo), "gallery catch-up")
+    added = 0
+    for part in chunks(todo, chunk_size):
+        added += len(commit_enrolment(target, reembed_chunk(model, part)).results)
+    if len(target) != len(source):
+        raise DataError(f"gallery catch-up of {target.path}: {len(target)} rows after sync, source has {len(source)}")
+    return {"added": added, "removed": removed}
+
+
+def _catch_up(registry: ModelRegistry, chunk_size: int, report: dict[str, int]) -> Callable[[Pair | None, Pair], None]:
+    def hook(old: Pair | None, new: Pair) -> None:
+        if old is None or old.store == new.store:
+            return
+        model = load_model(registry.model_dir(new.model_version))
+        target = GalleryStore.open(registry.store_dir(new.store), model_version=model.model_version)
+        report.update(sync_store(GalleryStore.open(registry.store_dir(old.store)), target, model, chunk_size))
+    return hook
+
+
+def switch_pair(registry: ModelRegistry, model_version: str, store_id: str, *, reason: str, chunk_size: int = 1024,
+                expect_live: str | None = ANY) -> tuple[Pointer, dict[str, int]]:
+    """Make (model, store) live atomically, after catching the store up with images enrolled into the live
+    store meanwhile (under the registry's exclusive lock, so none can slip in). Returns (pointer, catch-up).
+    ``expect_live``: the live store the promotion was decided against (see `ModelRegistry.switch`)."""
+    report = {"added": 0, "removed": 0}
+    ptr = registry.switch(model_version, store_id, reason=reason, before_commit=_catch_up(registry, chunk_size, report),
+                          expect_live=expect_live)
+    return ptr, report
+
+
+def rollback_pair(registry: ModelRegistry, *, reason: str = "rollback",
+                  chunk_size: int = 1024) -> tuple[Pointer, dict[str, int]]:
+    """Make the previous (model, store) pair live again, caught up with the images enrolled since."""
+    report = {"added": 0, "removed": 0}
+    ptr = registry.rollback(reason=reason, before_commit=_catch_up(registry, chunk_size, report))
+    return ptr, report
+
+
+def commit_to_registry(registry: ModelRegistry, batch: EnrolBatch) -> ChunkResult:
+    """Commit an embedded batch into the registry's live store, holding the registry shared so no switch
+    happens meanwhile; a batch embedded by a model that is no longer live is re-embedded first."""
+    with registry.shared() as pair:
+        store = GalleryStore.open(registry.store_dir(pair.store), model_version=pair.model_version)
+        if batch.model_version != pair.model_version:
+            model = load_model(registry.model_dir(pair.model_version))
+            rows = batch.rows.drop(columns=["image_sha256"])
+            fresh = embed_for_enrolment(model, rows)
+            batch = EnrolBatch(fresh.rows, fresh.embeddings, pd.concat([batch.rejects, fresh.rejects], ignore_index=True),
+                               fresh.model_version, batch.skipped)
+        return commit_enrolment(store, batch)
+
+
+def concat_parquet(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
+                   empty: pd.DataFrame | None = None) -> Path:
+    """Stream Parquet part files (in order) into one file, atomically (temp file + ``os.replace``); columns
+    missing from a part are null. No parts: ``empty`` (a frame with the right columns) is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = Path(out)
+    if not parts:
+        return write_parquet_atomic(empty if empty is not None else pd.DataFrame(), dest)
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:
+                t = pq.read_table(part)
+                cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
+                        for f in schema]
+                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

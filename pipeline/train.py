@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WARM_STEPS, TIMING_STEPS = 5, 20  # after 5 warm-up steps, 20 steps are timed to size the schedule
 RESERVE_FRACTION = 0.1  # of the budget kept for evaluations, calibration and saving
+RESIZE_EVERY_STEPS = 50  # the schedule length is re-estimated from the measured pace this often
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
 
     steps_per_epoch = max(1, len(sampler))
     max_steps = cfg.train.max_epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        max_steps = min(max_steps, cfg.train.max_steps)
     timing_start, start_step = time.monotonic(), step
     train_budget_s = budget_s * (1 - RESERVE_FRACTION)
 
@@ -224,9 +227,9 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
                     on_step({"step": step, "total_steps": limit, "loss": loss.item(), "epoch": step / steps_per_epoch})
                 if step % cfg.train.eval_every_steps == 0:
                     evaluate_and_keep()
-                    if total_steps and step > start_step + WARM_STEPS + TIMING_STEPS:
-                        per_step = (time.monotonic() - timing_start) / (step - start_step - WARM_STEPS)
-                        total_steps = max(step + 1, resize_schedule(per_step))
+                if total_steps and step % RESIZE_EVERY_STEPS == 0 and step > start_step + WARM_STEPS + TIMING_STEPS:
+                    per_step = (time.monotonic() - timing_start) / (step - start_step - WARM_STEPS)
+                    total_steps = resize_schedule(per_step)
     except StopIteration:
         pass
     except KeyboardInterrupt:

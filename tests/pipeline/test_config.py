@@ -29,6 +29,9 @@ def test_defaults_toml_and_overrides(tmp_path: Path) -> None:
     ("minutes=3", "expected section.key=value"),
     ("nosuch.key=1", "unknown key.*nosuch"),
     ("train.minutes=-1", "must be > 0"),
+    ("data.val_source=dev", "val_source='dev' is not one of"),
+    ("train.ema_decay=1", "ema_decay=1.0 must be in"),
+    ("loss.triplet_weight=-1", "triplet_weight=-1.0 must be >= 0"),
 ])
 def test_bad_values_are_named(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss, contrastive_pair_loss
+from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss, WeightedSumLoss, contrastive_pair_loss
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -91,3 +91,16 @@ def test_loss_argument_errors() -> None:
         ContrastiveLoss(3.0)
     with pytest.raises(ValueError, match="mining"):
         TripletLoss(0.2, "hardest")
+
+
+def test_weighted_sum_is_the_weighted_sum_of_its_parts() -> None:
+    torch.manual_seed(0)
+    e = F.normalize(torch.randn(8, 4, dtype=torch.float64), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    head = MarginSoftmaxLoss(4, 4, "cosface", margin=0.2, scale=10.0).double()
+    tri = TripletLoss(0.3, "batch-hard")
+    expected = head(e, labels).item() + 0.5 * tri(e, labels).item()
+    assert WeightedSumLoss([head, tri], [1.0, 0.5])(e, labels).item() == pytest.approx(expected, rel=1e-9)
+    assert len(list(WeightedSumLoss([head, tri], [1.0, 0.5]).parameters())) == 1  # the class centres train
+    with pytest.raises(ValueError, match="one weight per loss"):
+        WeightedSumLoss([head], [1.0, 2.0])

@@ -35,3 +35,19 @@ def test_repeats_allow_single_image_identities() -> None:
 def test_too_few_identities_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="only 1 identities"):
         PKSampler(np.array([0, 0, 1]), p=2, k=2)
+
+
+def test_min_images_fills_k_with_repeats_but_uses_every_distinct_image() -> None:
+    # people with 1, 2, 3 and 5 images; K=4, people with >= 2 images take part
+    sizes = [1, 2, 3, 5] * 5
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    s = PKSampler(labels, p=5, k=4, seed=3, min_images=2)
+    assert set(s.eligible.tolist()) == {i for i, n in enumerate(sizes) if n >= 2}
+    for b in s:
+        assert len(b) == 20
+        for ident in np.unique(labels[b]):
+            picked = b[labels[b] == ident]
+            assert len(picked) == 4
+            assert len(set(picked.tolist())) == min(4, sizes[ident])  # all distinct images before any repeat
+    with pytest.raises(ValueError, match="min_images"):
+        PKSampler(labels, p=2, k=2, min_images=0)
