@@ -156,9 +156,18 @@ def bench_size(n: int, dim: int, k: int, batch: int, repeats: int, query_repeats
     for label, q, reps in (("1 query", single, query_repeats), (f"{batch} queries", queries, repeats)):
         numpy_topk(q, base, k, max_scores)  # warm-up (page in, BLAS threads)
         store.search(q, k, model_version=MODEL)
-        t_np, (ref_s, ref_i) = timed(lambda: numpy_topk(q, base, k, max_scores), reps)
-        t_search, (s_s, s_i) = timed(lambda: store.search(q, k, model_version=MODEL), reps)
-        t_ident, frame = timed(lambda: store.identify(q, model_version=MODEL, top_k=k, threshold=0.5), reps)
+        calls = {"numpy": lambda: numpy_topk(q, base, k, max_scores),
+                 "search": lambda: store.search(q, k, model_version=MODEL),
+                 "identify": lambda: store.identify(q, model_version=MODEL, top_k=k, threshold=0.5)}
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        results: dict[str, object] = {}
+        for _ in range(reps):  # interleaved, so that load changes hit all three alike
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                results[name] = call()
+                times[name].append(time.perf_counter() - t0)
+        t_np, t_search, t_ident = (statistics.median(times[name]) for name in calls)
+        (ref_s, ref_i), (s_s, s_i), frame = results["numpy"], results["search"], results["identify"]
         ident_names = frame["identity"].to_numpy().reshape(q.shape[0], k)
         out[label] = {
             "numpy_s": t_np, "search_s": t_search, "identify_s": t_ident, "queries": q.shape[0],
