@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_store_commands(sub)
 
-    p = sub.add_parser("flow", help="run a Prefect flow (retrain, enroll, lookup, deploy) in a subprocess",
+    p = sub.add_parser("flow", help="run a Prefect flow (retrain, enroll, lookup, rollback, deploy) in a subprocess",
                        add_help=False)
-    p.add_argument("flow_name", choices=["retrain", "enroll", "lookup", "deploy"])
+    p.add_argument("flow_name", choices=["retrain", "enroll", "lookup", "rollback", "deploy"])
     p.add_argument("flow_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_flow)
 
