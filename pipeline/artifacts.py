@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import ModelArtifactError
+from pipeline.fsutil import write_bytes_atomic
 from pipeline.model.encoder import INPUT_MEAN, INPUT_STD, SiameseEncoder, build_encoder
 
 log = logging.getLogger(__name__)
@@ -72,19 +73,6 @@ def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool)
             "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, backbone: str,
                preprocessing: dict[str, Any], thresholds: dict[str, float], default_far: float,
                metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -121,7 +109,7 @@ def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, back
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
-    _atomic_write(out / META, json.dumps(meta, indent=2, sort_keys=True).encode())
+    write_bytes_atomic(out / META, json.dumps(meta, indent=2, sort_keys=True).encode())
     log.info("saved model %s to %s", meta["model_version"], out)
     return meta
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FacepipeError
+from pipeline.fsutil import fsync_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,26 +81,8 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"), durable_dir=True)
 
 
 class ModelRegistry:
@@ -139,7 +121,7 @@ class ModelRegistry:
                 shutil.rmtree(staged, ignore_errors=True)
             else:
                 os.rename(staged, self.eval_dir)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 self._log("pin_eval", files=sorted(p.name for p in self.eval_dir.iterdir()))
         return self.eval_dir
 
@@ -244,7 +226,7 @@ class ModelRegistry:
                 for name in MODEL_FILES:
                     shutil.copy2(src / name, tmp / name)
                 os.rename(tmp, dest)
-                _fsync_dir(dest.parent)
+                fsync_dir(dest.parent)
             if not self._entry_path(version).is_file():
                 _write_json_atomic(self._entry_path(version), {
                     "model_version": version, "registered_at": utc_now(), "source": source or str(src),
@@ -268,7 +250,7 @@ class ModelRegistry:
         """Move a finished store out of staging into stores/<id> -> the store id (not live yet)."""
         store_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{model_version}-{uuid.uuid4().hex[:6]}"
         os.rename(staged, self.store_dir(store_id))
-        _fsync_dir(self.root / "stores")
+        fsync_dir(self.root / "stores")
         return store_id
 
     def switch(self, model_version: str, store_id: str, *, reason: str, before_commit: SwitchHook | None = None,

@@ -3,7 +3,7 @@
 # Usage: bash scripts/readme_walkthrough.sh [DATA_DIR] [MODEL_DIR]
 set -uo pipefail
 DATA="${1:-${FACEPIPE_DATA:-../shared/data}}"
-MODEL="${2:-runs/demo/model}"
+MODEL="$(cd "${2:-runs/demo/model}" && pwd)"
 FP="$(pwd)/.venv/bin/facepipe"
 LFW="$(cd "$DATA/lfw" && pwd)"
 W="$(mktemp -d)"

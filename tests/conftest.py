@@ -20,7 +20,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 def _data_dir() -> Path | None:
     raw = os.environ.get("FACEPIPE_DATA")
     if raw and (Path(raw) / "lfw").is_dir():
-        return Path(raw)
+        return Path(raw).resolve()  # manifests built from it live in temp folders: paths must be absolute
     return None
 
 

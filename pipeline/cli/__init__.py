@@ -13,8 +13,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from pipeline.data import lfw
-from pipeline.errors import FacepipeError
+# Before anything imports torch: libgomp's default busy-wait made training steps up to 16x slower on a
+# shared 2-core machine (docs/training.md). A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pipeline.data import lfw  # noqa: E402
+from pipeline.errors import FacepipeError  # noqa: E402
 
 EPILOG = """examples:
   facepipe demo --data ../shared/data --minutes 3
