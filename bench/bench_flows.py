@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
@@ -38,6 +37,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+
+from docsection import write_section
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,13 +324,6 @@ def render(args: argparse.Namespace, info: dict[str, str], look: dict[str, Any],
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="LFW folder (ROOT/<identity>/<image>); required")
@@ -364,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(args, info, look, emb, mem, machine()["uptime"])
     print(section)
     if args.out:
-        write_section(args.out, section)
+        write_section(args.out, SECTION, section)
     return 0
 
 
