@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.artifacts import load_model
 from pipeline.cli.common import progress, table, train_progress, write_rejects
@@ -15,7 +14,7 @@ from pipeline.config import load_config
 from pipeline.data.lfw import fetch_lfw, lfw_layout, resolve_data_dir
 from pipeline.data.manifest import read_images
 from pipeline.data.pairs import pair_people, parse_pairs
-from pipeline.embed import embed_array, embeddings_table, iter_embed_table, write_parquet_atomic
+from pipeline.embed import embed_array, embed_table, embeddings_table, write_parquet_atomic
 from pipeline.errors import DataError
 from pipeline.evaluation import achieved_far, build_eval_set, evaluate_embeddings
 from pipeline.metrics import all_pair_scores
@@ -114,21 +113,13 @@ def cmd_evaluate(args: argparse.Namespace, out) -> int:
 def cmd_embed(args: argparse.Namespace, out) -> int:
     model = load_model(args.model)
     images = read_images(args.images)
-    rows, embs, rejects = [], [], []
     t0 = time.monotonic()
     with progress(len(images), "embed", enabled=not args.quiet) as update:
-        for chunk in iter_embed_table(model, images, chunk_size=args.chunk_size, progress=update):
-            rows.append(chunk.rows)
-            embs.append(chunk.embeddings)
-            rejects.append(chunk.rejects)
-    import pandas as pd
-
-    all_rows = pd.concat(rows, ignore_index=True)
-    all_emb = np.concatenate(embs) if embs else np.zeros((0, model.encoder.embedding_dim), np.float32)
+        all_rows, all_emb, rejects = embed_table(model, images, chunk_size=args.chunk_size, progress=update)
     write_parquet_atomic(embeddings_table(all_rows, all_emb, model.model_version), args.out)
     rate = len(images) / (time.monotonic() - t0)
     out(f"embedded {len(all_rows)} of {len(images)} images ({rate:.0f} img/s) -> {args.out}")
-    write_rejects(pd.concat(rejects, ignore_index=True), Path(args.out).with_suffix(".rejects.parquet"), out)
+    write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
     return 0
 
 
