@@ -73,6 +73,18 @@ RECIPES: dict[str, list[str]] = {
                                                 "train.ema_decay=0.999", "data.val_source=train",
                                                 "train.augment_rotation_deg=8", "train.augment_scale=0.08"],
     "default": [],
+    # session 2: the spatial ("flatten") head, wider backbones, self-positives, bigger batches
+    "default+cl": ["model.channels_last=true"],
+    "flat": ["model.channels_last=true", "model.head=flatten"],
+    "flat+r10t": ["model.channels_last=true", "model.head=flatten", "model.backbone=resnet10t"],
+    "r10t": ["model.channels_last=true", "model.backbone=resnet10t"],
+    "flat+self": ["model.channels_last=true", "model.head=flatten", "train.sampler_min_images=1"],
+    "flat+p64": ["model.channels_last=true", "model.head=flatten", "train.identities_per_batch=64"],
+    "self": ["model.channels_last=true", "train.sampler_min_images=1"],
+    "p64": ["model.channels_last=true", "train.identities_per_batch=64"],
+    "crop44": ["model.channels_last=true", "data.crop_fraction=0.44"],
+    "crop60": ["model.channels_last=true", "data.crop_fraction=0.60"],
+    "rx002": ["model.channels_last=true", "model.backbone=regnetx_002"],
 }
 
 

@@ -24,7 +24,8 @@ from pipeline.embed import embed_array, write_parquet_atomic
 from pipeline.errors import DataError
 from pipeline.evaluation import build_eval_set, evaluate_embeddings
 from pipeline.prepare import TrainingData, load_split, prepare_training
-from pipeline.registry import ModelRegistry, Pair, decide
+from pipeline.promotion import decide
+from pipeline.registry import ModelRegistry, Pair
 from pipeline.report import plot_roc
 from pipeline.train import identity_hashes, train
 

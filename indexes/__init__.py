@@ -10,7 +10,7 @@ Imports only the standard library, numpy, pandas, pyarrow and faiss (never torch
 
 from indexes.aggregate import AGGREGATIONS
 from indexes.config import INDEX_KINDS, IndexConfig
-from indexes.errors import ModelVersionMismatch, StoreCorrupt, StoreError, StoreLocked
+from indexes.errors import ModelVersionMismatch, StoreCorrupt, StoreError, StoreLocked, StoreWriteError
 from indexes.manifest import SCHEMA_VERSION
 from indexes.segments import METADATA_SCHEMA
 from indexes.store import GalleryStore
@@ -30,4 +30,5 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreLocked",
+    "StoreWriteError",
 ]

@@ -1,7 +1,8 @@
 """Typed errors raised by the gallery store.
 
 Every message names the offending file, row or value and says what to do about it.
-`StoreError` subclasses `ValueError` so callers that treat bad input generically still catch it.
+`StoreError` subclasses `ValueError` so callers that treat bad input generically still catch it;
+`StoreWriteError` subclasses `OSError` (disk full, I/O errors), so I/O retry policies apply to it.
 """
 
 from __future__ import annotations
@@ -21,3 +22,10 @@ class StoreCorrupt(StoreError):
 
 class StoreLocked(StoreError):
     """The writer lock could not be taken within the timeout (another process is writing)."""
+
+
+class StoreWriteError(OSError):
+    """A write failed at the OS level (disk full, I/O error); the message says whether anything was committed.
+
+    An OSError (not a StoreError): the cause is the environment, not the input, so retrying may succeed.
+    """

@@ -10,6 +10,7 @@ shared between processes, and the files are never written in place so the mappin
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import logging
 import mmap
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexes.atomic import write_new_file
-from indexes.errors import StoreCorrupt
+from indexes.errors import StoreCorrupt, StoreError
 from indexes.manifest import SEGMENTS_DIR, FileEntry, SegmentEntry
 
 logger = logging.getLogger(__name__)
@@ -131,10 +132,34 @@ class Segment:
         self.table = table
         self.path = path  # the .parquet file, for error messages
         self.row_ids: np.ndarray = table.column("row_id").to_numpy()  # [rows] int64, increasing
+        # (segment id, vectors sha256) once the vectors' bytes matched the manifest; shared by the clones
+        self._verified: set[tuple[str, str]] = set()
 
     @property
     def rows(self) -> int:
         return self.entry.rows
+
+    @property
+    def vectors_verified(self) -> bool:
+        return (self.entry.id, self.entry.vectors.sha256) in self._verified
+
+    def mark_vectors_verified(self) -> None:
+        """Record that the vectors' bytes were hashed and matched (e.g. while read into the arena)."""
+        self._verified.add((self.entry.id, self.entry.vectors.sha256))
+
+    def verify_vectors(self) -> np.ndarray:
+        """The vectors, once their bytes (expected header + data) hash to the manifest's sha256 (checked the
+        first time only, ~1 GB/s); StoreCorrupt names the .npy if it was damaged or edited since written."""
+        if self.vectors is None:
+            raise StoreError(f"{self.path}: the segment was loaded without its vectors")
+        if not self.vectors_verified:
+            vectors = np.ascontiguousarray(self.vectors)
+            digest = hashlib.sha256(npy_header(*vectors.shape))
+            digest.update(memoryview(vectors).cast("B"))
+            check_digest(self.path.with_name(Path(self.entry.vectors.name).name), digest.hexdigest(),
+                         self.entry.vectors.sha256)
+            self.mark_vectors_verified()
+        return self.vectors
 
     def with_entry(self, entry: SegmentEntry) -> Segment:
         """The same loaded segment (sharing data and lookup caches) under an updated manifest entry."""
@@ -271,6 +296,13 @@ def check_file_size(path: Path, expected: int) -> None:
         )
 
 
+def check_digest(path: Path, actual: str, expected: str) -> None:
+    """StoreCorrupt naming `path` if the sha256 of its bytes (hex) is not the one manifest.json records."""
+    if actual != expected:
+        raise StoreCorrupt(f"{path} has sha256 {actual[:16]}..., manifest.json records {expected[:16]}... (its content "
+                           "changed after it was written); restore the store directory from a backup")
+
+
 def open_vectors(store_dir: Path, entry: SegmentEntry, dim: int) -> BinaryIO:
     """Open a segment's .npy positioned at its data, after checking size and header.
 
@@ -313,27 +345,36 @@ def is_mapped(vectors: np.ndarray | None) -> bool:
     return _mapping_of(vectors) is not None
 
 
-def read_vectors_into(store_dir: Path, entry: SegmentEntry, mapped: np.ndarray, out: np.ndarray) -> None:
+def read_vectors_into(store_dir: Path, entry: SegmentEntry, mapped: np.ndarray, out: np.ndarray, *,
+                      verify: bool = True) -> None:
     """Copy a segment's vectors into `out` ([rows, D] float32) with large sequential reads.
 
     From a cold page cache this was ~4x faster here than copying the memory map page by page. If the
     file was unlinked since it was mapped (a later commit replaced it), the mapping still holds the
-    same bytes and is copied instead.
+    same bytes and is copied instead. With `verify`, header and data are hashed as they are read (the
+    expected header + the copy in the fallback): StoreCorrupt if they differ from the manifest's sha256.
     """
+    path = store_dir / entry.vectors.name
+    digest = hashlib.sha256()
     try:
-        handle = open(store_dir / entry.vectors.name, "rb", buffering=0)
+        handle = open(path, "rb", buffering=0)
     except FileNotFoundError:
         np.copyto(out, mapped)
-        return
-    with handle:
-        handle.seek(len(npy_header(entry.rows, mapped.shape[1])))
-        view = memoryview(out).cast("B")
-        while view.nbytes:
-            got = handle.readinto(view[: 16 << 20])
-            if not got:
-                raise StoreCorrupt(f"{handle.name}: shorter than manifest.json records; "
-                                   "restore the store from a backup")
-            view = view[got:]
+        for chunk in (npy_header(entry.rows, mapped.shape[1]), memoryview(out).cast("B")) if verify else ():
+            digest.update(chunk)
+    else:
+        with handle:
+            digest.update(handle.read(len(npy_header(entry.rows, mapped.shape[1]))))  # the file's own header
+            view = memoryview(out).cast("B")
+            while view.nbytes:
+                got = handle.readinto(view[: 16 << 20])
+                if not got:
+                    raise StoreCorrupt(f"{path}: shorter than manifest.json records; restore the store from a backup")
+                if verify:
+                    digest.update(view[:got])
+                view = view[got:]
+    if verify:
+        check_digest(path, digest.hexdigest(), entry.vectors.sha256)
 
 
 def load_segment(store_dir: Path, entry: SegmentEntry, dim: int, *, mapped: bool) -> Segment:
@@ -345,11 +386,11 @@ def load_segment(store_dir: Path, entry: SegmentEntry, dim: int, *, mapped: bool
     meta_path = store_dir / entry.metadata.name
     vectors = map_vectors(store_dir, entry, dim) if mapped else None
     check_file_size(meta_path, entry.metadata.size)
+    data = meta_path.read_bytes()  # read once: hashed, then parsed from memory
+    check_digest(meta_path, hashlib.sha256(data).hexdigest(), entry.metadata.sha256)
     try:
-        table = pq.read_table(meta_path)
+        table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise StoreCorrupt(f"{meta_path}: unreadable Parquet ({exc}); restore the store from a backup") from exc
     if not table.schema.equals(METADATA_SCHEMA, check_metadata=False):
         raise StoreCorrupt(f"{meta_path}: schema {table.schema} is not the gallery metadata schema {METADATA_SCHEMA}")

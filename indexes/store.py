@@ -44,7 +44,7 @@ from indexes import writer
 from indexes.arena import Arena
 from indexes.atomic import StoreLock, fsync_dir
 from indexes.config import IndexConfig
-from indexes.errors import StoreCorrupt, StoreError
+from indexes.errors import StoreCorrupt, StoreError, StoreWriteError
 from indexes.integrity import check_integrity, describe
 from indexes.manifest import ANN_DIR, LOCK_NAME, SEGMENTS_DIR, Manifest, read_manifest, utc_now_iso, write_manifest
 from indexes.queries import QueryMethods
@@ -238,12 +238,27 @@ class GalleryStore(QueryMethods):
             writer.collect_garbage(snap.path, snap.manifest)
             try:
                 yield snap
-            except BaseException:
+            except BaseException as exc:
                 try:  # remove this write's unreferenced files; the original error is what the caller needs
                     writer.collect_garbage(snap.path, read_manifest(snap.path))
                 except Exception as cleanup:  # noqa: BLE001 - reported, then the original error propagates
                     logger.warning("could not clean up after a failed write to %s: %s", snap.path, cleanup)
+                if isinstance(exc, OSError) and not isinstance(exc, StoreWriteError):
+                    raise self._write_error(exc, snap.manifest.generation) from exc
                 raise
+
+    def _write_error(self, exc: OSError, generation: int) -> StoreWriteError:
+        """A failed write's OSError (disk full...) restated with the store and whether anything was committed."""
+        try:
+            now: int | None = read_manifest(self._path).generation
+        except Exception:  # noqa: BLE001 - the message then says the state could not be read back
+            now = None
+        state = ("nothing was committed: the store is unchanged (the files of this write were removed)"
+                 if now == generation else "its manifest could not be read back: run `facepipe info --check`"
+                 if now is None else f"generation {now} was committed before the failure (the store is consistent)")
+        message = (f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''} while writing to the gallery "
+                   f"store {self._path}; {state}; free disk space (or fix the I/O error) and retry")
+        return StoreWriteError(exc.errno, message) if exc.errno is not None else StoreWriteError(message)
 
     def _commit(self, snap: Snapshot, manifest: Manifest) -> Snapshot:
         for sub in (SEGMENTS_DIR, ANN_DIR):
@@ -254,13 +269,24 @@ class GalleryStore(QueryMethods):
         return new
 
     def _auto_compact(self, snap: Snapshot) -> Snapshot:
+        """Merge small segments after a committed enrol/delete. An OSError (disk full) is logged, not raised: the
+        enrol/delete is already durable, so failing the call would make callers retry a write that happened."""
         chosen = writer.plan_auto_compaction([seg.rows for seg in snap.segments], snap.manifest.index)
         if not chosen:
             return snap
         config = snap.manifest.index
-        merged = writer.merge_segments(snap.path, [snap.segments[i] for i in chosen], config,
-                                       build_ann=config.approximate)
-        return self._commit(snap, snap.manifest.evolve(segments=writer.apply_merge(snap.manifest, chosen, merged)))
+        try:
+            merged = writer.merge_segments(snap.path, [snap.segments[i] for i in chosen], config,
+                                           build_ann=config.approximate)
+            return self._commit(snap, snap.manifest.evolve(segments=writer.apply_merge(snap.manifest, chosen, merged)))
+        except OSError as exc:
+            logger.warning("automatic compaction of %s failed after the write was committed (%s); the store is "
+                           "consistent and the next write retries it", snap.path, exc)
+            try:
+                writer.collect_garbage(snap.path, read_manifest(snap.path))
+            except Exception as cleanup:  # noqa: BLE001 - leftovers are collected by the next writer
+                logger.warning("could not clean up after the failed compaction of %s: %s", snap.path, cleanup)
+            return snap
 
     def enroll(self, embeddings: np.ndarray, identities: Sequence[str], image_paths: Sequence[str],
                image_sha256: Sequence[str], *, model_version: str) -> EnrollResult:

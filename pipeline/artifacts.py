@@ -73,7 +73,7 @@ def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool)
             "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
 
 
-def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, backbone: str,
+def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, backbone: str, head: str = "gap",
                preprocessing: dict[str, Any], thresholds: dict[str, float], default_far: float,
                metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write weights (safetensors) then model.json (the commit point). Returns the metadata written."""
@@ -98,6 +98,7 @@ def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, back
         "model_version": compute_model_version(weights_sha, backbone, encoder.embedding_dim, preprocessing),
         "weights_sha256": weights_sha,
         "backbone": backbone,
+        "head": head,
         "embedding_dim": encoder.embedding_dim,
         "preprocessing": preprocessing,
         "thresholds": thresholds,
@@ -154,7 +155,9 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Loa
     if actual != meta["weights_sha256"]:
         raise ModelArtifactError(f"{weights}: sha256 {actual[:12]}... does not match model.json "
                                  f"({meta['weights_sha256'][:12]}...): weights were replaced or corrupted")
-    encoder = build_encoder(meta["backbone"], int(meta["embedding_dim"]))
+    head = str(meta.get("head", "gap"))  # models written before the flatten head have none: gap
+    encoder = build_encoder(meta["backbone"], int(meta["embedding_dim"]), head=head,
+                            input_px=int(meta["preprocessing"]["image_size_px"]))
     try:
         state = load_file(weights, device=device)
         encoder.load_state_dict(state, strict=True)

@@ -90,6 +90,7 @@ class ModelRegistry:
 
     def __init__(self, root: Path, lock_timeout_s: float) -> None:
         self.root, self.lock_timeout_s = root, lock_timeout_s
+        self._repaired: list[str] = []  # what the last exclusive lock's repair did
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, create: bool = False, lock_timeout_s: float = 600.0) -> ModelRegistry:
@@ -130,7 +131,11 @@ class ModelRegistry:
         path = self.root / POINTER
         if not path.is_file():
             return None
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{path} is damaged ({exc}); it is only written atomically, so it was edited by "
+                                "hand: restore it from a backup (events.jsonl lists every switch)") from exc
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise RegistryError(f"{path}: schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}")
         return Pointer(Pair(**raw["current"]), tuple(Pair(**p) for p in raw["previous"]))
@@ -186,6 +191,8 @@ class ModelRegistry:
                         raise RegistryError(f"registry {self.root} is locked by another writer for more than "
                                             f"{self.lock_timeout_s:.0f} s; retry later") from None
                     time.sleep(0.05)
+            if mode == fcntl.LOCK_EX:
+                self._repair()
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
@@ -195,6 +202,39 @@ class ModelRegistry:
         """Hold the registry shared (no switch can happen) and yield the live pair: for enrolment commits."""
         with self._lock(fcntl.LOCK_SH):
             yield self.require_current()
+
+    def repair(self) -> list[str]:
+        """Finish the bookkeeping of a write killed after its commit -> what was repaired (every write does
+        this first under the exclusive lock; `facepipe`'s status reads may call it too)."""
+        with self._lock(fcntl.LOCK_EX):
+            return self._repaired
+
+    def _repair(self) -> None:
+        """CURRENT.json and entries/ are the truth; events.jsonl and an entry's ``promoted_at`` follow them
+        and can lag by the one write that was killed between them. Call holding the exclusive lock."""
+        done = [str(p.relative_to(self.root)) for p in [*self.root.glob(".*.tmp"), *self.root.glob("entries/.*.tmp")]]
+        for name in done:  # temp files of killed atomic writes: never read, never renamed any more
+            (self.root / name).unlink(missing_ok=True)
+        events = self.events()
+        logged = {e.get("model_version") for e in events if e["event"] == "register"}
+        for path in sorted((self.root / "entries").glob("*.json")):
+            if (version := path.stem) not in logged:
+                self._log("register", model_version=version, source=self.entry(version).get("source", ""), recovered=True)
+                done.append(f"register {version}")
+        if (ptr := self.pointer()) is not None:
+            cur = ptr.current
+            switches = [e for e in events if e["event"] in ("promote", "rollback")]
+            if not switches or (switches[-1].get("model_version"), switches[-1].get("store")) != (cur.model_version, cur.store):
+                earlier = any((e.get("model_version"), e.get("store")) == (cur.model_version, cur.store) for e in switches)
+                self._log("rollback" if earlier else "promote", model_version=cur.model_version,
+                          store=cur.store, reason=cur.reason, recovered=True)
+                done.append(f"switch {cur.model_version}")
+            if self._entry_path(cur.model_version).is_file() and "promoted_at" not in (e := self.entry(cur.model_version)):
+                _write_json_atomic(self._entry_path(cur.model_version), {**e, "promoted_at": cur.switched_at})
+                done.append(f"promoted_at {cur.model_version}")
+        if done:
+            log.warning("registry %s: finished an interrupted write: %s", self.root, done)
+        self._repaired = done
 
     def _log(self, event: str, **fields: Any) -> None:
         line = json.dumps({"at": utc_now(), "event": event, **fields}, sort_keys=True) + "\n"
@@ -333,49 +373,3 @@ class ModelRegistry:
             if removed:
                 self._log("prune", keep=keep, removed=[str(Path(p).relative_to(self.root)) for p in removed])
         return removed
-
-
-# ----------------------------------------------------------------- the promotion gate
-HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "eer": False}
-
-
-def metric_value(metrics: dict[str, Any], name: str) -> float:
-    """One number from `pipeline.evaluation.evaluate_embeddings` output (its protocol ``pairs`` section):
-    ``auc``, ``accuracy``, ``eer`` or ``tar@far=<far>`` (e.g. ``tar@far=0.001``)."""
-    if not isinstance(pairs := metrics.get("pairs"), dict):
-        raise RegistryError(f"metrics have no 'pairs' section (keys {sorted(metrics)}); evaluate on a pair set")
-    if name.startswith("tar@far="):
-        tars = pairs.get("tar_at_far", {})
-        key = f"{float(name.split('=', 1)[1]):g}"
-        if key not in tars:
-            raise RegistryError(f"metric {name!r}: no TAR at FAR {key}; valid: {[f'tar@far={k}' for k in tars]}")
-        return float(tars[key])
-    if name not in HIGHER_IS_BETTER:
-        raise RegistryError(f"metric {name!r} is not one of {[*HIGHER_IS_BETTER, 'tar@far=<far>']}")
-    return float(pairs[name])
-
-
-def decide(candidate: dict[str, Any], current: dict[str, Any] | None, metric: str, min_improvement: float,
-           candidate_trained_on: int = 0) -> dict[str, Any]:
-    """Promote only if the candidate beats the current model on ``metric`` by MORE than ``min_improvement``
-    (both measured on the same pair set; for ``eer`` lower is better). No current model: promote. A
-    candidate trained on any of the evaluation people (``candidate_trained_on`` > 0) is rejected: its
-    metric is not comparable.
-
-    Returns a JSON-able decision: verdict ("promote" | "reject"), reason, metric, candidate, current, improvement.
-    """
-    if min_improvement < 0:
-        raise RegistryError(f"min_improvement={min_improvement} must be >= 0")
-    cand = metric_value(candidate, metric)
-    out: dict[str, Any] = {"metric": metric, "candidate": cand, "min_improvement": min_improvement}
-    if candidate_trained_on:
-        why = f"the candidate was trained on {candidate_trained_on} of the evaluation people: not comparable"
-        return {**out, "verdict": "reject", "current": None, "improvement": None, "reason": why}
-    if current is None:
-        return {**out, "verdict": "promote", "current": None, "improvement": None, "reason": "no current model"}
-    cur = metric_value(current, metric)
-    gain = (cand - cur) * (1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0)
-    ok = gain == gain and gain > min_improvement  # NaN never promotes
-    reason = (f"{metric} {cand:.4f} vs current {cur:.4f}: improvement {gain:+.4f} "
-              f"{'>' if ok else '<='} required {min_improvement:g}")
-    return {**out, "verdict": "promote" if ok else "reject", "current": cur, "improvement": gain, "reason": reason}

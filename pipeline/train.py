@@ -151,7 +151,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     rng = np.random.default_rng(cfg.train.seed)
 
     model = build_encoder(cfg.model.backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
-                          pretrained_file=cfg.model.pretrained_file)
+                          pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
+                          input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout)
     loss_fn = build_loss(cfg, len(data.class_names))
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -244,7 +245,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     val_metrics["achieved_far"] = {k: achieved_far(val_emb, data.val.identities, t) for k, t in thresholds.items()}
     seconds = time.monotonic() - t0
     meta = save_model(
-        model, out, backbone=cfg.model.backbone,
+        model, out, backbone=cfg.model.backbone, head=cfg.model.head,
         preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta),
         thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
         training={"steps": step, "epochs": round(step / steps_per_epoch, 2), "seconds": round(seconds, 1),

@@ -123,11 +123,16 @@ def cmd_embed(args: argparse.Namespace, out) -> int:
     return 0
 
 
+# The demo trains for minutes, not an hour: the small backbone learns fastest in that time (docs/training.md);
+# `train` uses the default recipe. A --config file or --set model.backbone=... replaces this.
+DEMO_RECIPE = ["model.backbone=test_resnet"]
+
+
 def cmd_demo(args: argparse.Namespace, out) -> int:
     data_dir = resolve_data_dir(args.data)
     from pipeline.demo import run_demo  # imports indexes (allowed for the CLI)
 
-    cfg = _config(args)
+    cfg = _config(args, [] if args.config else DEMO_RECIPE)
     out_dir = Path(args.out)
     out(f"demo: data {data_dir}, {cfg.train.minutes:g} min training budget, output {out_dir}")
     on_step, close = train_progress(not args.quiet)

@@ -23,13 +23,33 @@ INPUT_MEAN = (0.5, 0.5, 0.5)
 INPUT_STD = (0.5, 0.5, 0.5)
 
 
-class SiameseEncoder(nn.Module):
-    """timm backbone (``num_classes=0``: pooled features) -> Linear -> BatchNorm -> L2 normalise."""
+HEADS = ("gap", "flatten")
 
-    def __init__(self, backbone: nn.Module, num_features: int, embedding_dim: int) -> None:
+
+class SiameseEncoder(nn.Module):
+    """timm backbone -> embedding head -> L2 normalise.
+
+    Heads: ``gap`` = global average pool -> Linear -> BatchNorm1d. ``flatten`` keeps the spatial layout of
+    the last feature map (aligned faces put eyes and mouth at fixed places): BatchNorm2d -> Dropout ->
+    Flatten -> Linear -> BatchNorm1d, the "E" output layer of ArcFace (Deng et al., 2019).
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, embedding_dim: int, *,
+                 head: str = "gap", feature_shape: tuple[int, ...] | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(num_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        self.head_type = head
+        if head == "gap":
+            self.head = nn.Sequential(nn.Linear(num_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        elif head == "flatten":
+            if not feature_shape:
+                raise ConfigError("model.head='flatten' needs the backbone's feature map shape")
+            norm: nn.Module = nn.BatchNorm2d(feature_shape[0]) if len(feature_shape) == 3 else nn.BatchNorm1d(feature_shape[0])
+            flat = int(torch.tensor(feature_shape).prod())
+            self.head = nn.Sequential(norm, nn.Dropout(dropout), nn.Flatten(),
+                                      nn.Linear(flat, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        else:
+            raise ConfigError(f"model.head={head!r} is not one of {list(HEADS)}")
         self.embedding_dim = embedding_dim
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +71,8 @@ class SiameseEncoder(nn.Module):
 
 
 def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False,
-                  pretrained_file: str | None = None) -> SiameseEncoder:
+                  pretrained_file: str | None = None, head: str = "gap", input_px: int | None = None,
+                  dropout: float = 0.0) -> SiameseEncoder:
     """Create the encoder from any timm model name.
 
     Args:
@@ -59,6 +80,9 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         pretrained: load the backbone's published weights through timm (needs the hub or its cache).
         pretrained_file: load backbone weights from this local file (safetensors or a timm state dict)
             instead of the hub; implies ``pretrained``.
+        head: ``gap`` (pooled features) or ``flatten`` (spatial feature map; needs ``input_px``).
+        input_px: the square input size the ``flatten`` head is built for.
+        dropout: dropout before the ``flatten`` head's Linear layer.
     Raises:
         ConfigError: unknown backbone (the message lists close matches).
         ModelArtifactError: the weights file is missing or does not fit the backbone.
@@ -67,7 +91,13 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         stem = backbone.split("_")[0][:4]
         close = timm.list_models(f"*{stem}*")[:12] if stem else []
         raise ConfigError(f"unknown timm backbone {backbone!r}; close matches: {close or timm.list_models()[:12]}")
+    if head not in HEADS:
+        raise ConfigError(f"model.head={head!r} is not one of {list(HEADS)}")
+    if head == "flatten" and not input_px:
+        raise ConfigError("model.head='flatten' needs the input size (data.image_size_px)")
     kwargs: dict[str, object] = {"num_classes": 0}
+    if head == "flatten":
+        kwargs["global_pool"] = ""
     if pretrained_file:
         p = Path(pretrained_file)
         if not p.is_file():
@@ -83,5 +113,12 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
     # with num_classes=0 some models (MobileNetV3, GhostNet, LCNet) end in a conv head wider than
     # ``num_features``: timm names the pooled width ``head_hidden_size`` there
     num_features = int(getattr(net, "head_hidden_size", None) or getattr(net, "num_features"))
-    log.debug("backbone %s: %d features, pretrained=%s", backbone, num_features, pretrained)
-    return SiameseEncoder(net, num_features, embedding_dim)
+    feature_shape = None
+    if head == "flatten":
+        was_training = net.training
+        with torch.no_grad():
+            feature_shape = tuple(int(d) for d in net.eval()(torch.zeros(1, 3, input_px, input_px)).shape[1:])
+        net.train(was_training)
+    log.debug("backbone %s: %d features, head %s %s, pretrained=%s", backbone, num_features, head, feature_shape,
+              pretrained)
+    return SiameseEncoder(net, num_features, embedding_dim, head=head, feature_shape=feature_shape, dropout=dropout)

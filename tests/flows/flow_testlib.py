@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 # Tiny and single-threaded (the CI machine has 2 shared cores): models train in seconds.
-TINY = ["data.image_size_px=32", "model.embedding_dim=32", "data.val_fraction=0.2", "train.threads=1"]
+TINY = ["model.backbone=test_resnet", "data.image_size_px=32", "model.embedding_dim=32", "data.val_fraction=0.2",
+        "train.threads=1"]
 UNTRAINED = [*TINY, "train.minutes=0.0001"]  # the budget is over before the first step: 0 steps
 
 

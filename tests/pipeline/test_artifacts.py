@@ -65,3 +65,21 @@ def test_pickle_only_directory_is_refused(tmp_path: Path) -> None:
         load_model(d)
     with pytest.raises(ModelArtifactError, match="does not exist"):
         load_model(tmp_path / "missing")
+
+
+def test_flatten_head_round_trip_and_old_models_default_to_gap(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    enc = build_encoder("test_resnet", 8, head="flatten", input_px=32).eval()
+    save_model(enc, tmp_path / "f", backbone="test_resnet", head="flatten",
+               preprocessing=preprocessing_dict(0.5, 32, True), thresholds={"far=0.001": 0.6},
+               default_far=1e-3, metrics={}, config={})
+    m = load_model(tmp_path / "f")
+    assert m.meta["head"] == "flatten"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m.encoder.embed(x), enc.embed(x))
+    # a model.json written before the head key existed loads as the pooled head
+    d = _save(tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    assert meta.pop("head") == "gap"
+    (d / "model.json").write_text(json.dumps(meta))
+    assert load_model(d).encoder.head_type == "gap"

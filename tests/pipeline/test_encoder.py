@@ -81,3 +81,24 @@ def test_pickled_or_missing_backbone_file_refused(tmp_path: Path) -> None:
     pt.write_bytes(b"pickle")
     with pytest.raises(ModelArtifactError, match="no pickle"):
         build_encoder("test_resnet", 8, pretrained_file=str(pt))
+
+
+def test_flatten_head_keeps_the_spatial_map_and_shares_weights() -> None:
+    enc = build_encoder("test_resnet", 16, head="flatten", input_px=64, dropout=0.2)
+    # test_resnet has stride 32 and 96 channels: a 2 x 2 map at 64 px -> 384 inputs to the Linear layer
+    linear = [m for m in enc.head if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 1 and linear[0].in_features == 96 * 2 * 2
+    enc.eval()
+    x = torch.randn(3, 3, 64, 64)
+    a, b = enc(x, x.flip(-1))
+    assert a.shape == (3, 16) and torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+    torch.testing.assert_close(a, enc.embed(x))  # dropout is off in eval mode: deterministic
+    # the spatial layout reaches the embedding: the mirrored image embeds differently
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_flatten_head_needs_the_input_size_and_a_known_name() -> None:
+    with pytest.raises(ConfigError, match="input size"):
+        build_encoder("test_resnet", 8, head="flatten")
+    with pytest.raises(ConfigError, match="model.head"):
+        build_encoder("test_resnet", 8, head="attention")

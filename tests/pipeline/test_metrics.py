@@ -104,3 +104,32 @@ def test_report_and_input_errors() -> None:
         roc_auc(np.ones(3), np.ones(3, bool))
     with pytest.raises(ValueError, match="NaN"):
         roc_auc(np.array([np.nan, 1.0]), np.array([True, False]))
+
+
+def test_ten_subfolds_cuts_each_protocol_fold_into_balanced_parts() -> None:
+    from pipeline.evaluation import ten_subfolds
+
+    # 2 protocol folds of 600 pairs (300 genuine, 300 impostor), genuine and impostor interleaved
+    fold = np.repeat([6, 7], 600)
+    same = np.tile(np.array([True, False]), 600)
+    sub = ten_subfolds(fold, same)
+    assert sub is not None and sub.shape == (1200,)
+    assert sorted(np.unique(sub)) == list(range(10))
+    for s in range(10):
+        part = sub == s
+        assert part.sum() == 120 and same[part].sum() == 60  # 60 genuine + 60 impostor
+        assert len(np.unique(fold[part])) == 1  # a part never mixes protocol folds
+    assert set(np.unique(sub[fold == 6])) == set(range(5)) and set(np.unique(sub[fold == 7])) == set(range(5, 10))
+    # parts are consecutive runs within each fold's genuine (and impostor) pairs, in file order
+    gen6 = sub[(fold == 6) & same]
+    assert (np.diff(gen6) >= 0).all()
+
+
+def test_ten_subfolds_refuses_counts_that_do_not_divide_ten() -> None:
+    from pipeline.evaluation import ten_subfolds
+
+    same = np.tile(np.array([True, False]), 30)
+    assert ten_subfolds(np.repeat([1, 2, 3], 20), same) is None  # 3 folds: 10 % 3 != 0
+    assert ten_subfolds(np.zeros(4, dtype=np.int64), np.array([True, True, True, False])) is None  # 1 impostor < 10 parts
+    one = ten_subfolds(np.zeros(60, dtype=np.int64), same)  # one fold -> 10 parts of 3 + 3
+    assert one is not None and np.bincount(one).tolist() == [6] * 10

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.artifacts import compute_model_version, preprocessing_dict
-from pipeline.registry import ModelRegistry, Pair, RegistryError, decide, metric_value
+from pipeline.promotion import decide, metric_value
+from pipeline.registry import ModelRegistry, Pair, RegistryError
 
 
 def fake_model(root: Path, seed: int) -> Path:
