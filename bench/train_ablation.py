@@ -73,18 +73,24 @@ RECIPES: dict[str, list[str]] = {
                                                 "train.ema_decay=0.999", "data.val_source=train",
                                                 "train.augment_rotation_deg=8", "train.augment_scale=0.08"],
     "default": [],
-    # session 2: the spatial ("flatten") head, wider backbones, self-positives, bigger batches
-    "default+cl": ["model.channels_last=true"],
-    "flat": ["model.channels_last=true", "model.head=flatten"],
+    # session 2 (defaults then: test_resnet, GAP head; each row pins what it needs, so it reruns as measured)
+    "default+cl": ["model.backbone=test_resnet", "model.channels_last=true"],
+    "flat": ["model.backbone=test_resnet", "model.channels_last=true", "model.head=flatten"],
     "flat+r10t": ["model.channels_last=true", "model.head=flatten", "model.backbone=resnet10t"],
     "r10t": ["model.channels_last=true", "model.backbone=resnet10t"],
-    "flat+self": ["model.channels_last=true", "model.head=flatten", "train.sampler_min_images=1"],
-    "flat+p64": ["model.channels_last=true", "model.head=flatten", "train.identities_per_batch=64"],
-    "self": ["model.channels_last=true", "train.sampler_min_images=1"],
-    "p64": ["model.channels_last=true", "train.identities_per_batch=64"],
-    "crop44": ["model.channels_last=true", "data.crop_fraction=0.44"],
-    "crop60": ["model.channels_last=true", "data.crop_fraction=0.60"],
-    "rx002": ["model.channels_last=true", "model.backbone=regnetx_002"],
+    # rows on the small backbone (test_resnet + channels_last) for the losses
+    "tr+contrastive": ["model.backbone=test_resnet", "loss.name=contrastive", "loss.contrastive_margin=0.5"],
+    "tr+semi-hard": ["model.backbone=test_resnet", "loss.mining=semi-hard"],
+    "tr+arc+tri": ["model.backbone=test_resnet", "loss.name=arcface", "loss.triplet_weight=1.0"],
+    "tr+cosface": ["model.backbone=test_resnet", "loss.name=cosface"],
+    "tr+self": ["model.backbone=test_resnet", "train.sampler_min_images=1"],
+    "tr+p64": ["model.backbone=test_resnet", "train.identities_per_batch=64"],
+    "tr+crop44": ["model.backbone=test_resnet", "data.crop_fraction=0.44"],
+    "tr+crop60": ["model.backbone=test_resnet", "data.crop_fraction=0.60"],
+    "r18": ["model.backbone=resnet18"],
+    "tr+erase+gray": ["model.backbone=test_resnet", "train.augment_erase=0.5", "train.augment_gray=0.2"],
+    "tr+self+erase+gray": ["model.backbone=test_resnet", "train.sampler_min_images=1", "train.augment_erase=0.5",
+                           "train.augment_gray=0.2"],
 }
 
 

@@ -75,6 +75,8 @@ class TrainConfig:
     augment: bool = True
     augment_rotation_deg: float = 8.0  # random in-plane rotation up to +- this (0 = off)
     augment_scale: float = 0.08  # random zoom in [1 - s, 1 + s] (0 = off)
+    augment_erase: float = 0.0  # probability of erasing a random rectangle (2-20 % of the face) per image
+    augment_gray: float = 0.0  # probability of turning an image grey
     sampler_min_images: int = 2  # metric losses: people with fewer than K (but >= this) images are drawn with repeats
     ema_decay: float = 0.999  # exponential moving average of the weights, evaluated and saved instead (0 = off)
     threads: int = 0  # 0: torch default

@@ -265,6 +265,9 @@ class ModelRegistry:
                 tmp = self.new_staging("model")
                 for name in MODEL_FILES:
                     shutil.copy2(src / name, tmp / name)
+                    with open(tmp / name, "rb") as fh:  # the copy is on disk before the rename publishes it
+                        os.fsync(fh.fileno())
+                fsync_dir(tmp)
                 os.rename(tmp, dest)
                 fsync_dir(dest.parent)
             if not self._entry_path(version).is_file():

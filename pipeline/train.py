@@ -81,12 +81,13 @@ def build_sampler(cfg: Config, labels: np.ndarray) -> PKSampler:
     tc = cfg.train
     if cfg.loss.name in ("arcface", "cosface"):
         return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed, allow_repeats=True)
+    # sampler_min_images = 1 lets single-image people in: their K "images" are augmentations of one photo
     return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed,
-                     min_images=min(tc.images_per_identity, max(2, tc.sampler_min_images)))
+                     min_images=min(tc.images_per_identity, max(1, tc.sampler_min_images)))
 
 
 def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool,
-            rotation_deg: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+            rotation_deg: float = 0.0, scale: float = 0.0, erase: float = 0.0, gray: float = 0.0) -> torch.Tensor:
     """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S).
 
     Random crop, mirror, brightness/contrast jitter, and optionally a random rotation (+-
@@ -113,7 +114,20 @@ def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: 
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(b, 1, 1, 1))).float()
     bias = torch.from_numpy(rng.uniform(-0.15, 0.15, size=(b, 1, 1, 1))).float()
-    return (x * gain + bias).clamp_(-1.5, 1.5)
+    x = (x * gain + bias).clamp_(-1.5, 1.5)
+    if gray > 0:
+        grey = rng.random(b) < gray
+        if grey.any():
+            x[grey] = x[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    if erase > 0:  # random erasing (Zhong et al., 2020): a rectangle of 2-20 % of the face, aspect 0.3-3.3
+        for i in np.flatnonzero(rng.random(b) < erase):
+            area = rng.uniform(0.02, 0.2) * out_px * out_px
+            aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+            h = int(min(out_px, round(np.sqrt(area * aspect))))
+            w = int(min(out_px, round(np.sqrt(area / aspect))))
+            y0, x0 = rng.integers(0, out_px - h + 1), rng.integers(0, out_px - w + 1)
+            x[i, :, y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(rng.uniform(-1, 1, size=(3, 1, 1))).float()
+    return x
 
 
 @torch.no_grad()
@@ -214,7 +228,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, limit, cfg)
                 x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment,
-                            cfg.train.augment_rotation_deg, cfg.train.augment_scale)
+                            cfg.train.augment_rotation_deg, cfg.train.augment_scale, cfg.train.augment_erase,
+                            cfg.train.augment_gray)
                 labels = torch.from_numpy(data.labels[batch])
                 loss = loss_fn(model.embed(x.contiguous(memory_format=memory_format)), labels)
                 opt.zero_grad(set_to_none=True)
