@@ -132,8 +132,7 @@ class Segment:
         self.table = table
         self.path = path  # the .parquet file, for error messages
         self.row_ids: np.ndarray = table.column("row_id").to_numpy()  # [rows] int64, increasing
-        # (segment id, vectors sha256) once the vectors' bytes matched the manifest; shared by the clones
-        self._verified: set[tuple[str, str]] = set()
+        self._verified: set[tuple[str, str]] = set()  # (id, sha256) once the vectors hashed right; shared by clones
 
     @property
     def rows(self) -> int:
@@ -143,8 +142,7 @@ class Segment:
     def vectors_verified(self) -> bool:
         return (self.entry.id, self.entry.vectors.sha256) in self._verified
 
-    def mark_vectors_verified(self) -> None:
-        """Record that the vectors' bytes were hashed and matched (e.g. while read into the arena)."""
+    def mark_vectors_verified(self) -> None:  # their bytes were hashed elsewhere (read into the arena)
         self._verified.add((self.entry.id, self.entry.vectors.sha256))
 
     def verify_vectors(self) -> np.ndarray:
@@ -153,9 +151,8 @@ class Segment:
         if self.vectors is None:
             raise StoreError(f"{self.path}: the segment was loaded without its vectors")
         if not self.vectors_verified:
-            vectors = np.ascontiguousarray(self.vectors)
-            digest = hashlib.sha256(npy_header(*vectors.shape))
-            digest.update(memoryview(vectors).cast("B"))
+            digest = hashlib.sha256(npy_header(*self.vectors.shape))
+            digest.update(memoryview(np.ascontiguousarray(self.vectors)).cast("B"))
             check_digest(self.path.with_name(Path(self.entry.vectors.name).name), digest.hexdigest(),
                          self.entry.vectors.sha256)
             self.mark_vectors_verified()
@@ -352,8 +349,7 @@ def read_vectors_into(store_dir: Path, entry: SegmentEntry, mapped: np.ndarray, 
     From a cold page cache this was ~4x faster here than copying the memory map page by page. If the
     file was unlinked since it was mapped (a later commit replaced it), the mapping still holds the
     same bytes and is copied instead. With `verify`, header and data are hashed as they are read (the
-    expected header + the copy in the fallback): StoreCorrupt if they differ from the manifest's sha256.
-    """
+    expected header + the copy in the fallback): StoreCorrupt if they differ from the manifest's sha256."""
     path = store_dir / entry.vectors.name
     digest = hashlib.sha256()
     try:

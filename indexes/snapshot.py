@@ -46,6 +46,22 @@ def manifest_stat_key(store_dir: Path) -> StatKey:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(found.group(1)) if found else -1
 
 
+def verify_segments(segments: Sequence[Segment]) -> None:
+    """`Segment.verify_vectors` of those not verified yet, a few at a time (hashlib releases the GIL).
+
+    Every path that serves or copies a segment's vector bytes calls this first, so an edited .npy
+    raises StoreCorrupt instead of being searched or laundered into a new file with a fresh sha256.
+    """
+    todo = [seg for seg in segments if not seg.vectors_verified]
+    if len(todo) <= 1:
+        for seg in todo:
+            seg.verify_vectors()
+        return
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 4)) as pool:
+        for future in [pool.submit(seg.verify_vectors) for seg in todo]:
+            future.result()
+
+
 class Snapshot:
     """Manifest + loaded segments (+ their ANN indexes).
 
@@ -55,6 +71,8 @@ class Snapshot:
     `materialize()`, which copies every segment into the arena (`indexes.arena`); from then on
     handles are arena rows, `base` is the arena and `holes` its unused ranges. Used under the owning
     store's lock only (materialize mutates the snapshot and the arena).
+    Vector bytes are checked against the manifest's sha256 the first time they are read: while
+    copied into the arena, else (memory-mapped) when a search or lookup first touches the segment.
     """
 
     def __init__(self, path: Path, manifest: Manifest, segments: Sequence[Segment],
@@ -84,8 +102,10 @@ class Snapshot:
         if self.arena is None or self.base is not None:
             return
         by_id = {seg.entry.id: seg for seg in self.segments}
-        def fill(entry: SegmentEntry, out: np.ndarray) -> None:
-            read_vectors_into(self.path, entry, by_id[entry.id].vectors, out)
+        def fill(entry: SegmentEntry, out: np.ndarray) -> None:  # hashes the bytes as it reads them
+            seg = by_id[entry.id]
+            read_vectors_into(self.path, entry, seg.vectors, out, verify=not seg.vectors_verified)
+            seg.mark_vectors_verified()
 
         self.arena.place([seg.entry for seg in self.segments], fill)
         # the arena views replace the memory maps, which are unmapped once unreferenced
@@ -126,6 +146,7 @@ class Snapshot:
             scores, handles = topk_inner_product(queries, self.base, min(k, self.rows), self.holes)
             return merge_topk([scores], [handles], k)  # pads to k
         config = self.manifest.index
+        verify_segments([seg for seg, ann in zip(self.segments, self.anns) if ann is None or exact])
         parts_s, parts_p = [], []
         for seg, ann, start in zip(self.segments, self.anns, self.starts):
             if ann is not None and not exact:
@@ -165,7 +186,9 @@ class Snapshot:
         """Vectors at handles [n] (all >= 0) -> [n, D] float32 copy."""
         seg, local = self._split(handles)
         out = np.empty((handles.shape[0], self.manifest.embedding_dim), np.float32)
-        for s, mask in self._by_segment(seg):
+        parts = self._by_segment(seg)
+        verify_segments([self.segments[s] for s, _ in parts])
+        for s, mask in parts:
             out[mask] = self.segments[s].vectors[local[mask]]
         return out
 
@@ -191,6 +214,7 @@ class Snapshot:
         order = np.argsort(owner, kind="stable")
         owner, source, position = owner[order], source[order], position[order]
         vectors = np.empty((owner.size, dim), np.float32)
+        verify_segments([self.segments[s] for s in np.unique(source)])
         for s in np.unique(source):
             mask = source == s
             vectors[mask] = self.segments[s].vectors[position[mask]]
@@ -204,8 +228,9 @@ class Snapshot:
         for seg in self.segments:
             idx = np.minimum(np.searchsorted(seg.row_ids, row_ids), seg.rows - 1)
             hit = seg.row_ids[idx] == row_ids
-            out[hit] = seg.vectors[idx[hit]]
-            found |= hit
+            if hit.any():
+                out[hit] = seg.verify_vectors()[idx[hit]]
+                found |= hit
         if not found.all():
             missing = row_ids[~found]
             raise StoreError(f"row ids {missing[:10].tolist()} ({missing.size} in total) are not in the store "
@@ -294,7 +319,7 @@ def load_snapshot(store_dir: Path, previous: Snapshot | None = None, arena: Aren
                     if ann is None:
                         ann_path = store_dir / entry.ann.file.name
                         check_file_size(ann_path, entry.ann.file.size)
-                        ann = load_ann_file(ann_path, entry.rows)
+                        ann = load_ann_file(ann_path, entry.rows, entry.ann.file.sha256)
                 anns.append(ann)
         except FileNotFoundError as exc:
             if manifest_stat_key(store_dir) != key:

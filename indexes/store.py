@@ -279,7 +279,7 @@ class GalleryStore(QueryMethods):
             merged = writer.merge_segments(snap.path, [snap.segments[i] for i in chosen], config,
                                            build_ann=config.approximate)
             return self._commit(snap, snap.manifest.evolve(segments=writer.apply_merge(snap.manifest, chosen, merged)))
-        except OSError as exc:
+        except (OSError, StoreCorrupt) as exc:  # StoreCorrupt: a damaged source segment, refused (the next read raises)
             logger.warning("automatic compaction of %s failed after the write was committed (%s); the store is "
                            "consistent and the next write retries it", snap.path, exc)
             try:

@@ -34,6 +34,7 @@ from indexes.atomic import fsync_dir
 from indexes.config import IndexConfig
 from indexes.manifest import ANN_DIR, MANIFEST_NAME, SEGMENTS_DIR, Manifest, SegmentEntry
 from indexes.segments import METADATA_SCHEMA, Segment, sha_prefix_u64, write_segment
+from indexes.snapshot import verify_segments
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +105,17 @@ def write_rows(store_dir: Path, vectors: np.ndarray, table: pa.Table, config: In
 
 
 def rewrite_without(store_dir: Path, segment: Segment, drop: np.ndarray) -> SegmentEntry | None:
-    """Copy-on-write delete: a new segment without the rows at positions `drop` (None if nothing is left)."""
+    """Copy-on-write delete: a new segment without the rows at positions `drop` (None if nothing is left).
+
+    The source's vectors are checked against its sha256 first: StoreCorrupt (nothing written) if damaged.
+    """
     keep = np.setdiff1d(np.arange(segment.rows), drop)
     if keep.size == 0:
         return None
+    vectors = segment.verify_vectors()
     # the runs of kept rows are written straight from the loaded vectors (no 128 MiB copy)
     cuts = [-1, *np.unique(drop).tolist(), segment.rows]
-    runs = [segment.vectors[a + 1: b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a + 1]
+    runs = [vectors[a + 1: b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a + 1]
     return write_segment(store_dir, runs, segment.table.take(pa.array(keep)))
 
 
@@ -146,8 +151,10 @@ def merge_segments(store_dir: Path, segments: Sequence[Segment], config: IndexCo
     """Write the rows of `segments` in row_id order as new segments of segment_rows rows.
 
     With build_ann, each output segment with >= ann_min_rows rows also gets its ANN index.
-    Memory: one output chunk of vectors at a time.
+    Memory: one output chunk of vectors at a time. The sources' vectors are checked against their
+    sha256 before anything is written (StoreCorrupt if one was damaged: it is never copied).
     """
+    verify_segments(segments)
     row_ids = np.concatenate([seg.row_ids for seg in segments])
     source = np.concatenate([np.full(seg.rows, s, np.int64) for s, seg in enumerate(segments)])
     local = np.concatenate([np.arange(seg.rows, dtype=np.int64) for seg in segments])
@@ -183,14 +190,20 @@ def apply_merge(manifest: Manifest, chosen: Sequence[int], merged: Sequence[Segm
 
 
 def build_missing_ann(store_dir: Path, segments: Sequence[Segment], config: IndexConfig) -> tuple[SegmentEntry, ...]:
-    """Entries with ANN indexes matching `config`: built where missing or stale, dropped for "flat"."""
+    """Entries with ANN indexes matching `config`: built where missing or stale, dropped for "flat".
+
+    The vectors of the segments to index are checked against their sha256 before any index is written.
+    """
+    wanted = [config.approximate and seg.rows >= config.ann_min_rows for seg in segments]
+    build = [want and (seg.entry.ann is None or seg.entry.ann.description != factory_string(config, seg.rows))
+             for seg, want in zip(segments, wanted)]
+    verify_segments([seg for seg, todo in zip(segments, build) if todo])
     out = []
-    for seg in segments:
+    for seg, want, todo in zip(segments, wanted, build):
         entry = seg.entry
-        wanted = config.approximate and seg.rows >= config.ann_min_rows
-        if not wanted and entry.ann is not None:
+        if not want and entry.ann is not None:
             entry = replace(entry, ann=None)
-        elif wanted and (entry.ann is None or entry.ann.description != factory_string(config, seg.rows)):
+        elif todo:
             entry = replace(entry, ann=build_ann_file(store_dir, np.asarray(seg.vectors), seg.row_ids, config))
         out.append(entry)
     return tuple(out)

@@ -114,6 +114,12 @@ def test_content_damage_same_size_is_caught_by_verify_integrity(tmp_path) -> Non
     reopened = GalleryStore.open(tmp_path / "g")  # cheap checks pass: sizes and shapes agree
     with pytest.raises(StoreCorrupt, match=f"{path.name} has sha256 .* records"):
         reopened.verify_integrity()
+    # the vectors are hashed as the first search reads them, so the damage is never served either
+    queries = unit_rows(np.random.default_rng(1), 2, 16)
+    with pytest.raises(StoreCorrupt, match=f"{path.name} has sha256 .* records .*restore the store directory"):
+        reopened.search(queries, 3, model_version=MODEL)
+    with pytest.raises(StoreCorrupt, match=f"{path.name} has sha256"):
+        GalleryStore.open(tmp_path / "g").identify(queries, model_version=MODEL)
 
 
 def test_wrong_shape_in_vectors_is_detected(tmp_path) -> None:

@@ -36,7 +36,10 @@ def people(real_subset: Path, tmp_path: Path) -> dict[str, Path]:
     gallery = pd.concat([first, pd.DataFrame({"image_path": [str(bad)], "identity": ["Broken_Person"]})])
     gallery.to_csv(tmp_path / "gallery.csv", index=False)
     probes = rest.rename(columns={"identity": "claimed_identity"})
-    probes.to_csv(tmp_path / "claims.csv", index=False)
+    probes = probes.assign(ticket=[f"T{i}" for i in range(len(probes))])  # an extra column the user needs back
+    missing = pd.DataFrame({"image_path": [str(tmp_path / "gone.jpg")], "claimed_identity": [first["identity"].iloc[0]],
+                            "ticket": ["T-missing"]})
+    pd.concat([probes, missing]).to_csv(tmp_path / "claims.csv", index=False)
     rest[["image_path"]].to_csv(tmp_path / "probes.csv", index=False)
     return {"gallery": tmp_path / "gallery.csv", "claims": tmp_path / "claims.csv", "probes": tmp_path / "probes.csv",
             "rest": rest}
@@ -71,6 +74,11 @@ def test_full_cli_round_trip(model_dir: Path, people: dict, tmp_path: Path, caps
     claims = pq.read_table(tmp_path / "claims.parquet").to_pandas()
     assert {"image_path", "claimed_identity", "score", "threshold", "match", "model_version"} <= set(claims.columns)
     assert claims["match"].all() and (claims["threshold"] == -1.0).all()  # every score >= -1
+    # the extra column comes back row for row; the row whose file does not exist is a reject, the rest went through
+    assert len(claims) == len(people["rest"]) and sorted(claims["ticket"]) == sorted(f"T{i}" for i in range(len(claims)))
+    claim_rejects = pq.read_table(tmp_path / "claims.rejects.parquet").to_pandas()
+    assert claim_rejects["image_path"].str.endswith("gone.jpg").tolist() == [True]
+    assert "No such file" in claim_rejects["error"].iloc[0]
 
     assert main(["embed", "--model", str(model_dir), "--images", str(people["probes"]),
                  "--out", str(tmp_path / "emb.parquet"), "-q"]) == 0
