@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,15 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
     if pairs is None:
         raise DataError(f"{data_dir}: the demo needs a pairs file (lfw_pairs_dev.txt or pairs.txt) beside lfw/")
     report = out_dir / "report"
+    store_dir = out_dir / "gallery"
+    # the demo owns out_dir: a gallery left by an earlier demo run is replaced (checked before training,
+    # so a path that is something else fails in a second, not after the training budget)
+    if store_dir.exists() and any(store_dir.iterdir()):
+        if not (store_dir / "manifest.json").is_file():
+            raise DataError(f"{store_dir} exists and is not a gallery store left by an earlier demo; "
+                            "choose another --out")
+        log.info("replacing the gallery of an earlier demo run in %s", store_dir)
+        shutil.rmtree(store_dir)
     report.mkdir(parents=True, exist_ok=True)
 
     t_prep = time.monotonic()
@@ -82,7 +92,6 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
 
     # one-shot gallery: ONE image per enrolled person
     gallery, known, unknown = _one_shot_split(dev.identities)
-    store_dir = out_dir / "gallery"
     store = GalleryStore.create(store_dir, model_version=model.model_version, embedding_dim=emb.shape[1],
                                 threshold=model.threshold, model_path=str((out_dir / "model").resolve()))
     paths = dev.image_paths
