@@ -83,6 +83,7 @@ RECIPES: dict[str, list[str]] = {
     "tr+semi-hard": ["model.backbone=test_resnet", "loss.mining=semi-hard"],
     "tr+arc+tri": ["model.backbone=test_resnet", "loss.name=arcface", "loss.triplet_weight=1.0"],
     "tr+cosface": ["model.backbone=test_resnet", "loss.name=cosface"],
+    "tr+ms": ["model.backbone=test_resnet", "loss.name=multi-similarity"],
     "tr+self": ["model.backbone=test_resnet", "train.sampler_min_images=1"],
     "tr+p64": ["model.backbone=test_resnet", "train.identities_per_batch=64"],
     "tr+crop44": ["model.backbone=test_resnet", "data.crop_fraction=0.44"],

@@ -48,7 +48,7 @@ class ModelConfig:
 class LossConfig:
     """Which loss trains the encoder."""
 
-    name: str = "triplet"  # contrastive | triplet | arcface | cosface
+    name: str = "triplet"  # contrastive | triplet | multi-similarity | arcface | cosface
     contrastive_margin: float = 1.0  # Euclidean margin on unit vectors (0..2] impostors are pushed beyond
     triplet_margin: float = 0.3  # d(a, n) must exceed d(a, p) by this much
     angular_margin_rad: float = 0.3  # arcface

@@ -27,7 +27,7 @@ from pipeline.config import Config, to_dict
 from pipeline.embed import to_input
 from pipeline.errors import ConfigError
 from pipeline.evaluation import achieved_far, calibrate_thresholds, evaluate_encoder
-from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss, WeightedSumLoss
+from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, MultiSimilarityLoss, TripletLoss, WeightedSumLoss
 from pipeline.model.encoder import build_encoder
 from pipeline.prepare import TrainingData
 from pipeline.sampling import PKSampler
@@ -66,13 +66,16 @@ def build_loss(cfg: Config, num_classes: int) -> nn.Module:
         return ContrastiveLoss(lc.contrastive_margin)
     if lc.name == "triplet":
         return TripletLoss(lc.triplet_margin, lc.mining)
+    if lc.name == "multi-similarity":
+        return MultiSimilarityLoss()
     if lc.name in ("arcface", "cosface"):
         margin = lc.angular_margin_rad if lc.name == "arcface" else lc.cosine_margin
         head = MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
         if lc.triplet_weight > 0:
             return WeightedSumLoss([head, TripletLoss(lc.triplet_margin, lc.mining)], [1.0, lc.triplet_weight])
         return head
-    raise ConfigError(f"loss.name={lc.name!r} is not one of ['contrastive', 'triplet', 'arcface', 'cosface']")
+    raise ConfigError(f"loss.name={lc.name!r} is not one of ['contrastive', 'triplet', 'multi-similarity', 'arcface', "
+                      "'cosface']")
 
 
 def build_sampler(cfg: Config, labels: np.ndarray) -> PKSampler:

@@ -104,3 +104,26 @@ def test_weighted_sum_is_the_weighted_sum_of_its_parts() -> None:
     assert len(list(WeightedSumLoss([head, tri], [1.0, 0.5]).parameters())) == 1  # the class centres train
     with pytest.raises(ValueError, match="one weight per loss"):
         WeightedSumLoss([head], [1.0, 2.0])
+
+
+def test_multi_similarity_matches_a_hand_loop() -> None:
+    from pipeline.losses import MultiSimilarityLoss
+
+    torch.manual_seed(3)
+    e = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    a_, b_, base, eps = 2.0, 50.0, 0.5, 0.1
+    s = (e @ e.T).tolist()
+    total = 0.0
+    for i in range(8):
+        pos = [s[i][j] for j in range(8) if j != i and y[j] == y[i]]
+        neg = [s[i][j] for j in range(8) if y[j] != y[i]]
+        kn = [v for v in neg if v + eps > min(pos)]
+        kp = [v for v in pos if v - eps < max(neg)]
+        total += math.log1p(sum(math.exp(-a_ * (v - base)) for v in kp)) / a_
+        total += math.log1p(sum(math.exp(b_ * (v - base)) for v in kn)) / b_
+    got = MultiSimilarityLoss(a_, b_, base, eps)(e, y)
+    assert got.item() == pytest.approx(total / 8, rel=1e-5)
+    # well separated classes (positives identical, negatives orthogonal): nothing is mined, loss 0
+    sep = torch.eye(4).repeat_interleave(2, dim=0)
+    assert MultiSimilarityLoss()(sep, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])).item() == 0.0
