@@ -211,7 +211,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.train.augment_scale < 0.5, f"train.augment_scale={cfg.train.augment_scale} must be in [0, 0.5)"),
         (cfg.loss.triplet_weight >= 0, f"loss.triplet_weight={cfg.loss.triplet_weight} must be >= 0"),
     ]
-    losses = ("contrastive", "triplet", "arcface", "cosface")
+    losses = ("contrastive", "triplet", "multi-similarity", "arcface", "cosface")
     checks.append((cfg.loss.name in losses, f"loss.name={cfg.loss.name!r} is not one of {list(losses)}"))
     minings = ("all", "batch-hard", "semi-hard")
     checks.append((cfg.loss.mining in minings, f"loss.mining={cfg.loss.mining!r} is not one of {list(minings)}"))

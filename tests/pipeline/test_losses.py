@@ -127,3 +127,11 @@ def test_multi_similarity_matches_a_hand_loop() -> None:
     # well separated classes (positives identical, negatives orthogonal): nothing is mined, loss 0
     sep = torch.eye(4).repeat_interleave(2, dim=0)
     assert MultiSimilarityLoss()(sep, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])).item() == 0.0
+
+
+def test_multi_similarity_is_selectable_in_the_config() -> None:
+    from pipeline.config import load_config
+    from pipeline.losses import MultiSimilarityLoss
+    from pipeline.train import build_loss
+
+    assert isinstance(build_loss(load_config(None, ["loss.name=multi-similarity"]), 10), MultiSimilarityLoss)
