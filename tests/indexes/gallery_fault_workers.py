@@ -29,9 +29,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import gallery_workers as gw
+import killsteps
 import numpy as np
 
 from indexes import GalleryStore, IndexConfig
@@ -63,20 +63,7 @@ OPERATIONS: dict[str, Callable[[GalleryStore], object]] = {
 
 
 def kill_at(step: int) -> None:
-    """Patch `os` so that this process SIGKILLs itself just before its step-th file-changing call."""
-    seen = [0]
-
-    def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if name != "open" or (len(args) > 1 and args[1] & os.O_CREAT):
-                seen[0] += 1
-                if seen[0] == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        return call
-
-    for name in CHANGES:
-        setattr(os, name, wrap(name, getattr(os, name)))
+    killsteps.kill_at(step, CHANGES)
 
 
 def step_child(store_dir: str, operation: str, step: int) -> None:

@@ -271,7 +271,7 @@ def test_a_really_full_filesystem_keeps_the_store_usable(tmp_path: Path) -> None
 
 
 def _worker(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE), str(REPO / "tests")])}
     result = subprocess.run([sys.executable, str(HERE / "gallery_fault_workers.py"), *args], env=env,
                             check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -27,8 +27,8 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import killsteps
 import numpy as np
 from test_registry import fake_model
 
@@ -85,20 +85,7 @@ def template(root: Path, operation: str) -> dict:
 
 
 def kill_at(step: int) -> None:
-    """Patch `os` so that this process SIGKILLs itself just before its step-th file-changing call."""
-    seen = [0]
-
-    def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if name != "open" or (len(args) > 1 and args[1] & os.O_CREAT):
-                seen[0] += 1
-                if seen[0] == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        return call
-
-    for name in CHANGES:
-        setattr(os, name, wrap(name, getattr(os, name)))
+    killsteps.kill_at(step, CHANGES)
 
 
 def step_child(run: str, operation: str, t: dict, step: int) -> None:

@@ -25,7 +25,7 @@ REPO = HERE.parents[1]
 
 @pytest.fixture(scope="module")
 def kill_steps(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE), str(REPO / "tests")])}
     result = subprocess.run([sys.executable, str(HERE / "registry_workers.py"), "kill-steps",
                              str(tmp_path_factory.mktemp("kills")), "switch,rollback,register"],
                             check=False, env=env, capture_output=True, text=True, timeout=600)
