@@ -43,6 +43,8 @@ OLD = ["model.backbone=test_resnet", "data.image_size_px=64", "model.channels_la
        "train.identities_per_batch=32", "train.images_per_identity=2", "train.ema_decay=0", "data.val_source=folds",
        "train.augment_rotation_deg=0", "train.augment_scale=0", "loss.triplet_weight=0", "train.lr=2e-3",
        "data.crop_fraction=0.52", "train.weight_decay=5e-4", "model.embedding_dim=128"]
+# the session-2 data settings and single backbone (session 3 changed these defaults for the ensemble)
+S2 = ["data.crop_fraction=0.52", "data.image_size_px=64", "model.backbone=resnet10t", "train.member_shares="]
 RECIPES: dict[str, list[str]] = {
     "old-default": OLD,
     "old+contrastive": OLD + ["loss.name=contrastive", "loss.contrastive_margin=0.5"],
@@ -72,26 +74,29 @@ RECIPES: dict[str, list[str]] = {
     "regnety002-64+ema+valtrain+affine": OLD + ["model.backbone=regnety_002", "model.channels_last=true",
                                                 "train.ema_decay=0.999", "data.val_source=train",
                                                 "train.augment_rotation_deg=8", "train.augment_scale=0.08"],
-    "default": [],
+    "default": [],  # the defaults of the day it runs (not comparable across sessions)
     # session 2 (defaults then: test_resnet, GAP head; each row pins what it needs, so it reruns as measured)
-    "default+cl": ["model.backbone=test_resnet", "model.channels_last=true"],
-    "flat": ["model.backbone=test_resnet", "model.channels_last=true", "model.head=flatten"],
-    "flat+r10t": ["model.channels_last=true", "model.head=flatten", "model.backbone=resnet10t"],
-    "r10t": ["model.channels_last=true", "model.backbone=resnet10t"],
+    "default+cl": S2 + ["model.backbone=test_resnet", "model.channels_last=true"],
+    "flat": S2 + ["model.backbone=test_resnet", "model.channels_last=true", "model.head=flatten"],
+    "flat+r10t": S2 + ["model.channels_last=true", "model.head=flatten", "model.backbone=resnet10t"],
+    "r10t": S2 + ["model.channels_last=true", "model.backbone=resnet10t"],
     # rows on the small backbone (test_resnet + channels_last) for the losses
-    "tr+contrastive": ["model.backbone=test_resnet", "loss.name=contrastive", "loss.contrastive_margin=0.5"],
-    "tr+semi-hard": ["model.backbone=test_resnet", "loss.mining=semi-hard"],
-    "tr+arc+tri": ["model.backbone=test_resnet", "loss.name=arcface", "loss.triplet_weight=1.0"],
-    "tr+cosface": ["model.backbone=test_resnet", "loss.name=cosface"],
-    "tr+ms": ["model.backbone=test_resnet", "loss.name=multi-similarity"],
-    "tr+self": ["model.backbone=test_resnet", "train.sampler_min_images=1"],
-    "tr+p64": ["model.backbone=test_resnet", "train.identities_per_batch=64"],
-    "tr+crop44": ["model.backbone=test_resnet", "data.crop_fraction=0.44"],
-    "tr+crop60": ["model.backbone=test_resnet", "data.crop_fraction=0.60"],
-    "r18": ["model.backbone=resnet18"],
-    "tr+erase+gray": ["model.backbone=test_resnet", "train.augment_erase=0.5", "train.augment_gray=0.2"],
-    "tr+self+erase+gray": ["model.backbone=test_resnet", "train.sampler_min_images=1", "train.augment_erase=0.5",
+    "tr+contrastive": S2 + ["model.backbone=test_resnet", "loss.name=contrastive", "loss.contrastive_margin=0.5"],
+    "tr+semi-hard": S2 + ["model.backbone=test_resnet", "loss.mining=semi-hard"],
+    "tr+arc+tri": S2 + ["model.backbone=test_resnet", "loss.name=arcface", "loss.triplet_weight=1.0"],
+    "tr+cosface": S2 + ["model.backbone=test_resnet", "loss.name=cosface"],
+    "tr+ms": S2 + ["model.backbone=test_resnet", "loss.name=multi-similarity"],
+    "tr+self": S2 + ["model.backbone=test_resnet", "train.sampler_min_images=1"],
+    "tr+p64": S2 + ["model.backbone=test_resnet", "train.identities_per_batch=64"],
+    "tr+crop44": S2 + ["model.backbone=test_resnet", "data.crop_fraction=0.44"],
+    "tr+crop60": S2 + ["model.backbone=test_resnet", "data.crop_fraction=0.60"],
+    "r18": S2 + ["model.backbone=resnet18"],
+    "tr+erase+gray": S2 + ["model.backbone=test_resnet", "train.augment_erase=0.5", "train.augment_gray=0.2"],
+    "tr+self+erase+gray": S2 + ["model.backbone=test_resnet", "train.sampler_min_images=1", "train.augment_erase=0.5",
                            "train.augment_gray=0.2"],
+    # session 3: members for an ensemble (seed diversity vs crop diversity)
+    "tr+seed1": S2 + ["model.backbone=test_resnet", "train.seed=1"],
+    "tr+96px": S2 + ["model.backbone=test_resnet", "data.image_size_px=96"],
 }
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import ModelArtifactError
+from pipeline.errors import ConfigError, ModelArtifactError
 from pipeline.fsutil import write_bytes_atomic
-from pipeline.model.encoder import INPUT_MEAN, INPUT_STD, SiameseEncoder, build_encoder
+from pipeline.model.encoder import INPUT_MEAN, INPUT_STD, Encoder, build_model, parse_backbone
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ REQUIRED_KEYS = ("format", "format_version", "model_version", "weights_sha256", 
 class LoadedModel:
     """An encoder in eval mode with its metadata (``meta`` is model.json as a dict)."""
 
-    encoder: SiameseEncoder
+    encoder: Encoder
     meta: dict[str, Any]
     path: Path
 
@@ -73,7 +73,7 @@ def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool)
             "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
 
 
-def save_model(encoder: SiameseEncoder, out_dir: str | os.PathLike[str], *, backbone: str, head: str = "gap",
+def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: str, head: str = "gap",
                preprocessing: dict[str, Any], thresholds: dict[str, float], default_far: float,
                metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write weights (safetensors) then model.json (the commit point). Returns the metadata written."""
@@ -156,8 +156,11 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Loa
         raise ModelArtifactError(f"{weights}: sha256 {actual[:12]}... does not match model.json "
                                  f"({meta['weights_sha256'][:12]}...): weights were replaced or corrupted")
     head = str(meta.get("head", "gap"))  # models written before the flatten head have none: gap
-    encoder = build_encoder(meta["backbone"], int(meta["embedding_dim"]), head=head,
-                            input_px=int(meta["preprocessing"]["image_size_px"]))
+    try:
+        member_dim = int(meta["embedding_dim"]) // len(parse_backbone(meta["backbone"]))
+        encoder = build_model(meta["backbone"], member_dim, head=head, input_px=int(meta["preprocessing"]["image_size_px"]))
+    except ConfigError as exc:
+        raise ModelArtifactError(f"{d / META}: {exc}") from exc
     try:
         state = load_file(weights, device=device)
         encoder.load_state_dict(state, strict=True)

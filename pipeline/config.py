@@ -11,6 +11,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
@@ -22,8 +23,8 @@ T = TypeVar("T")
 class DataConfig:
     """Where faces come from and how they are split."""
 
-    crop_fraction: float = 0.52  # central square crop, as a fraction of the shorter side (LFW: ~130 of 250 px)
-    image_size_px: int = 64  # network input size
+    crop_fraction: float = 0.64  # central square crop, as a fraction of the shorter side (LFW: 160 of 250 px)
+    image_size_px: int = 80  # network input size (ensemble members may look at its centre only: model.backbone)
     dev_folds: tuple[int, ...] = (6, 7)  # 1-based folds of the pairs file never trained on
     val_folds: tuple[int, ...] = (5,)  # folds whose people are held out for checkpoint choice + calibration
     val_fraction: float = 0.1  # fraction of multi-image identities held out for validation (no val folds)
@@ -35,7 +36,10 @@ class DataConfig:
 class ModelConfig:
     """The shared encoder: timm backbone + embedding head."""
 
-    backbone: str = "resnet10t"  # test_resnet learns fastest but plateaus by ~8 minutes (docs/training.md)
+    # one timm name, or an ensemble: members joined by "+", "name@v" = the member sees the central v of the input.
+    # Default: two resnet10ts (crops 0.512 and 0.416 of the image) + four test_resnets (crops 0.64, 0.544, 0.448,
+    # 0.384); test_resnet saturates in ~8 minutes, so diversity beats length (docs/training.md)
+    backbone: str = "resnet10t@0.8+resnet10t@0.65+test_resnet+test_resnet@0.85+test_resnet@0.7+test_resnet@0.6"
     pretrained: bool = False
     pretrained_file: str | None = None  # local weights file for the backbone (safetensors or timm checkpoint)
     embedding_dim: int = 128
@@ -78,6 +82,9 @@ class TrainConfig:
     augment_erase: float = 0.0  # probability of erasing a random rectangle (2-20 % of the face) per image
     augment_gray: float = 0.0  # probability of turning an image grey
     sampler_min_images: int = 2  # metric losses: people with fewer than K (but >= this) images are drawn with repeats
+    # ensemble: each member's share of the time budget (empty = equal). The default belongs to the default
+    # ensemble: left at its default with a spec of ANOTHER number of members, members share equally
+    member_shares: tuple[float, ...] = (2.6, 2.15, 1.0, 1.0, 1.0, 1.0)
     ema_decay: float = 0.999  # exponential moving average of the weights, evaluated and saved instead (0 = off)
     threads: int = 0  # 0: torch default
 
@@ -188,6 +195,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(apply_overrides(values, overrides or []))
 
 
+def parse_backbone(spec: str) -> list[tuple[str, float]]:
+    """``"resnet10t+test_resnet@0.85"`` -> ``[("resnet10t", 1.0), ("test_resnet", 0.85)]``.
+
+    Raises:
+        ConfigError: an empty member or a view outside [0.2, 1].
+    """
+    members = []
+    for part in str(spec).split("+"):
+        name, _, view = part.strip().partition("@")
+        if not name:
+            raise ConfigError(f"model.backbone={spec!r}: empty member name (members are joined by '+')")
+        try:
+            v = float(view) if view else 1.0
+        except ValueError:
+            raise ConfigError(f"model.backbone={spec!r}: view {view!r} of {name!r} is not a number") from None
+        if not 0.2 <= v <= 1.0:
+            raise ConfigError(f"model.backbone={spec!r}: view {v} of {name!r} must be in [0.2, 1]")
+        if round(v, 3) != v:
+            raise ConfigError(f"model.backbone={spec!r}: view {v} of {name!r}: at most 3 decimals")
+        members.append((name, v))
+    return members
+
+
+def backbone_spec(members: Sequence[tuple[str, float]]) -> str:
+    """The inverse of :func:`parse_backbone`."""
+    return "+".join(name if view == 1.0 else f"{name}@{view:g}" for name, view in members)
+
+
+def member_shares(cfg: Config) -> list[float]:
+    """Each ensemble member's share of ``train.minutes`` (see ``TrainConfig.member_shares``)."""
+    n = len(parse_backbone(cfg.model.backbone))
+    shares = list(cfg.train.member_shares)
+    if not shares or (len(shares) != n and cfg.train.member_shares == TrainConfig.member_shares):
+        return [1.0] * n
+    return shares
+
+
 def validate(cfg: Config) -> None:
     """Range checks that dataclass types cannot express."""
     checks = [
@@ -210,6 +254,15 @@ def validate(cfg: Config) -> None:
         (cfg.train.sampler_min_images >= 1, f"train.sampler_min_images={cfg.train.sampler_min_images} must be >= 1"),
         (0.0 <= cfg.train.augment_scale < 0.5, f"train.augment_scale={cfg.train.augment_scale} must be in [0, 0.5)"),
         (cfg.loss.triplet_weight >= 0, f"loss.triplet_weight={cfg.loss.triplet_weight} must be >= 0"),
+    ]
+    members = parse_backbone(cfg.model.backbone)
+    checks += [
+        (len(member_shares(cfg)) == len(members),
+         f"train.member_shares={list(cfg.train.member_shares)} needs one value per member of "
+         f"model.backbone={cfg.model.backbone!r} ({len(members)})"),
+        (all(v > 0 for v in cfg.train.member_shares), "train.member_shares must all be > 0"),
+        (not cfg.model.pretrained_file or len({n for n, _ in members}) == 1,
+         "model.pretrained_file is one backbone's weights: the ensemble's members must all be that backbone"),
     ]
     losses = ("contrastive", "triplet", "multi-similarity", "arcface", "cosface")
     checks.append((cfg.loss.name in losses, f"loss.name={cfg.loss.name!r} is not one of {list(losses)}"))

@@ -17,7 +17,7 @@ import torch
 from pipeline.artifacts import LoadedModel
 from pipeline.data.faces import decode_table
 from pipeline.data.manifest import empty_rejects
-from pipeline.model.encoder import SiameseEncoder
+from pipeline.model.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def to_input(images: np.ndarray, mean: tuple[float, ...] = (0.5,) * 3, std: tupl
 
 
 @torch.inference_mode()
-def embed_array(encoder: SiameseEncoder, images: np.ndarray, *, batch_size: int = 256, flip_tta: bool = True,
+def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int = 256, flip_tta: bool = True,
                 mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.5,) * 3,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Embed decoded faces with the encoder in eval mode.

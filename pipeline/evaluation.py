@@ -13,7 +13,7 @@ from pipeline.data.faces import decode_faces
 from pipeline.embed import embed_array
 from pipeline.errors import DataError
 from pipeline.metrics import all_pair_scores, kfold_accuracy, threshold_at_far, verification_report
-from pipeline.model.encoder import SiameseEncoder
+from pipeline.model.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def ten_subfolds(fold: np.ndarray, same: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def evaluate_encoder(encoder: SiameseEncoder, es: EvalSet, fars: tuple[float, ...], flip_tta: bool) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate_encoder(encoder: Encoder, es: EvalSet, fars: tuple[float, ...], flip_tta: bool) -> tuple[dict[str, Any], np.ndarray]:
     """Embed an eval set and compute its metrics. Returns (metrics, embeddings)."""
     emb = embed_array(encoder, es.images, flip_tta=flip_tta)
     return evaluate_embeddings(es, emb, fars), emb

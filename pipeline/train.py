@@ -23,12 +23,12 @@ from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline.artifacts import preprocessing_dict, save_model
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, member_shares, to_dict
 from pipeline.embed import to_input
 from pipeline.errors import ConfigError
 from pipeline.evaluation import achieved_far, calibrate_thresholds, evaluate_encoder
 from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, MultiSimilarityLoss, TripletLoss, WeightedSumLoss
-from pipeline.model.encoder import build_encoder
+from pipeline.model.encoder import EnsembleEncoder, SiameseEncoder, backbone_spec, build_encoder, parse_backbone
 from pipeline.prepare import TrainingData
 from pipeline.sampling import PKSampler
 
@@ -78,14 +78,15 @@ def build_loss(cfg: Config, num_classes: int) -> nn.Module:
                       "'cosface']")
 
 
-def build_sampler(cfg: Config, labels: np.ndarray) -> PKSampler:
+def build_sampler(cfg: Config, labels: np.ndarray, seed: int | None = None) -> PKSampler:
     """P x K batches. Margin-softmax losses use every person (single-image ones are classes too);
     metric losses use people with >= ``train.sampler_min_images`` images (repeats fill up K)."""
     tc = cfg.train
+    seed = tc.seed if seed is None else seed
     if cfg.loss.name in ("arcface", "cosface"):
-        return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed, allow_repeats=True)
+        return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=seed, allow_repeats=True)
     # sampler_min_images = 1 lets single-image people in: their K "images" are augmentations of one photo
-    return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=tc.seed,
+    return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=seed,
                      min_images=min(tc.images_per_identity, max(1, tc.sampler_min_images)))
 
 
@@ -151,25 +152,106 @@ def lr_at(step: int, total: int, cfg: Config) -> float:
     return cfg.train.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@dataclass
+class _Member:
+    """One trained member: its best weights (evaluated mode), steps, epochs, history, best val AUC."""
+
+    model: SiameseEncoder
+    steps: int
+    epochs: float
+    history: list[dict[str, Any]]
+    best_auc: float
+    interrupted: bool
+
+
 def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool = False,
           on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an encoder within ``cfg.train.minutes`` and save the best one (by validation AUC) to ``out_dir``.
 
     With ``train.ema_decay > 0`` the weight average is what is evaluated, kept and saved.
     A checkpoint in ``out_dir/checkpoint`` is written at every evaluation; ``resume=True`` continues it.
+    An ensemble spec (``model.backbone="a+b"``) trains its members one after another, each in its
+    share (``train.member_shares``) of the time left, each with its own seed (``train.seed + i``) and
+    checkpoint (``checkpoint/member-i``); a resumed run skips the members that finished.
     """
     t0 = time.monotonic()
-    budget_s = cfg.train.minutes * 60.0
     out = Path(out_dir)
-    ckpt_dir = out / "checkpoint"
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
+    specs = parse_backbone(cfg.model.backbone)
+    shares = member_shares(cfg)
+    single = len(specs) == 1
+    if resume:  # a checkpoint of the other layout (single <-> ensemble) is a different config
+        other = out / "checkpoint" / "member-0" if single else out / "checkpoint"
+        if ckpt.has_checkpoint(other):
+            raise ConfigError(f"cannot resume {out / 'checkpoint'}: it was trained with a different config "
+                              f"({'an ensemble' if single else 'one backbone'}); use a new --out")
+    members: list[_Member] = []
+    for i, (name, view) in enumerate(specs):
+        ckpt_dir = out / "checkpoint" if single else out / "checkpoint" / f"member-{i}"
+        left = cfg.train.minutes * 60.0 - (time.monotonic() - t0)
+        if members and left <= 0:
+            log.warning("time is up: the model is the %d member(s) trained so far", len(members))
+            break
+        budget_s = left * shares[i] / sum(shares[i:])
+        if not single:
+            log.info("member %d/%d: %s (view %.2f), %.1f min", i + 1, len(specs), name, view, budget_s / 60)
+        try:
+            members.append(_train_member(cfg, data, ckpt_dir, name, view, (i, len(specs)), budget_s, resume, on_step))
+        except KeyboardInterrupt:  # outside a member's step loop (building, its last evaluation)
+            if not members:
+                raise
+            log.warning("interrupted while starting or finishing member %d", i + 1)
+            break
+        if members[-1].interrupted:
+            break
+    if len(members) < len(specs):
+        log.warning("the model is the %d member(s) trained so far: %s", len(members), backbone_spec(specs[: len(members)]))
+        specs = specs[: len(members)]
 
-    model = build_encoder(cfg.model.backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
+    single = len(specs) == 1
+    model: SiameseEncoder | EnsembleEncoder = members[0].model
+    if not single or specs[0][1] != 1.0:
+        model = EnsembleEncoder([m.model for m in members])
+    model.eval()
+    val_metrics, val_emb = evaluate_encoder(model, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
+    thresholds = calibrate_thresholds(val_emb, data.val.identities, cfg.eval.target_fars)
+    val_metrics["achieved_far"] = {k: achieved_far(val_emb, data.val.identities, t) for k, t in thresholds.items()}
+    seconds = time.monotonic() - t0
+    steps = sum(m.steps for m in members)
+    epochs = sum(m.epochs for m in members)
+    history = members[0].history if single else [{**h, "member": i} for i, m in enumerate(members) for h in m.history]
+    training: dict[str, Any] = {
+        "steps": steps, "epochs": round(epochs, 2), "seconds": round(seconds, 1),
+        "train_images": int(len(data.labels)), "train_people": len(data.class_names),
+        "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
+        "train_identity_hashes": identity_hashes(data.class_names)}
+    if not single:
+        training["members"] = [{"backbone": n, "view": v, "steps": m.steps, "epochs": round(m.epochs, 2),
+                                "best_val_auc": m.best_auc} for (n, v), m in zip(specs, members)]
+    meta = save_model(
+        model, out, backbone=backbone_spec(specs), head=cfg.model.head,
+        preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta),
+        thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
+        training=training,
+    )
+    best = float(val_metrics.get("pairs", val_metrics.get("all_pairs", {})).get("auc", 0.0))
+    return TrainResult(out, meta, steps, epochs, seconds, best if not single else members[0].best_auc)
+
+
+def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str, view: float,
+                  member: tuple[int, int], budget_s: float, resume: bool,
+                  on_step: Callable[[dict[str, Any]], None] | None) -> _Member:
+    """Train member ``member = (index, of)`` for ``budget_s`` seconds; return its best (by validation AUC) weights."""
+    t0 = time.monotonic()
+    index, of = member
+    seed = cfg.train.seed + index
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    model = build_encoder(backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
-                          input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout)
+                          input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view)
     loss_fn = build_loss(cfg, len(data.class_names))
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -179,7 +261,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     extra: nn.Module = loss_fn if ema is None else nn.ModuleDict({"loss": loss_fn, "ema": ema})
     params = list(model.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sampler = build_sampler(cfg, data.labels)
+    sampler = build_sampler(cfg, data.labels, seed)
+    steps_per_epoch = max(1, len(sampler))
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
     if resume and ckpt.has_checkpoint(ckpt_dir):
@@ -187,10 +270,14 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         if state["config"] != to_dict(cfg):
             raise ConfigError(f"cannot resume {ckpt_dir}: it was trained with a different config; use a new --out")
         step, total_steps, best_auc, history = state["step"], state["total_steps"], state["best_auc"], state["history"]
-        rng = np.random.default_rng(cfg.train.seed + step)
+        if state.get("done"):
+            log.info("member %d finished before (step %d, best val AUC %.4f): kept", index, step, best_auc)
+            ckpt.load_best(ckpt_dir, model)
+            return _Member(model.eval(), step, step / steps_per_epoch, history, best_auc, False)
+        rng = np.random.default_rng(seed + step)
         log.info("resumed at step %d of %d (best val AUC %.4f)", step, total_steps, best_auc)
 
-    def evaluate_and_keep() -> None:
+    def evaluate_and_keep(done: bool = False) -> None:
         nonlocal best_auc
         metrics, _ = evaluate_encoder(kept, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
         auc = metrics.get("pairs", metrics.get("all_pairs", {})).get("auc", 0.0)
@@ -198,12 +285,14 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         if auc > best_auc:
             best_auc = auc
             ckpt.save_best(ckpt_dir, kept)
-        ckpt.save_checkpoint(ckpt_dir, model, extra, opt, {"step": step, "total_steps": total_steps,
-                                                           "best_auc": best_auc, "history": history,
-                                                           "config": to_dict(cfg)})
+        save_state(done)
         log.info("step %d: val AUC %.4f (best %.4f)", step, auc, best_auc)
 
-    steps_per_epoch = max(1, len(sampler))
+    def save_state(done: bool) -> None:
+        ckpt.save_checkpoint(ckpt_dir, model, extra, opt, {"step": step, "total_steps": total_steps,
+                                                           "best_auc": best_auc, "history": history,
+                                                           "config": to_dict(cfg), "done": done})
+
     max_steps = cfg.train.max_epochs * steps_per_epoch
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
@@ -216,6 +305,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         remaining = train_budget_s - (time.monotonic() - t0)
         return int(min(max_steps, step + max(1, remaining / per_step)))
 
+    interrupted = False
     model.train()
     try:
         while True:
@@ -243,7 +333,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
                     # warm-up of the average: early on it follows the model closely
                     update_ema(ema, model, min(cfg.train.ema_decay, (1 + step) / (10 + step)))
                 if on_step is not None:
-                    on_step({"step": step, "total_steps": limit, "loss": loss.item(), "epoch": step / steps_per_epoch})
+                    on_step({"step": step, "total_steps": limit, "loss": loss.item(), "epoch": step / steps_per_epoch,
+                             "member": index, "members": of})
                 if step % cfg.train.eval_every_steps == 0:
                     evaluate_and_keep()
                 if total_steps and step % RESIZE_EVERY_STEPS == 0 and step > start_step + WARM_STEPS + TIMING_STEPS:
@@ -253,22 +344,11 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         pass
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: finishing with the best checkpoint", step)
+        interrupted = True
+    # an interrupted member is not done: a resumed run continues it
     if not history or history[-1]["step"] != step:
-        evaluate_and_keep()
-
+        evaluate_and_keep(done=not interrupted)
+    else:
+        save_state(done=not interrupted)
     ckpt.load_best(ckpt_dir, model)
-    model.eval()
-    val_metrics, val_emb = evaluate_encoder(model, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
-    thresholds = calibrate_thresholds(val_emb, data.val.identities, cfg.eval.target_fars)
-    val_metrics["achieved_far"] = {k: achieved_far(val_emb, data.val.identities, t) for k, t in thresholds.items()}
-    seconds = time.monotonic() - t0
-    meta = save_model(
-        model, out, backbone=cfg.model.backbone, head=cfg.model.head,
-        preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta),
-        thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
-        training={"steps": step, "epochs": round(step / steps_per_epoch, 2), "seconds": round(seconds, 1),
-                  "train_images": int(len(data.labels)), "train_people": len(data.class_names),
-                  "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
-                  "train_identity_hashes": identity_hashes(data.class_names)},
-    )
-    return TrainResult(out, meta, step, step / steps_per_epoch, seconds, best_auc)
+    return _Member(model.eval(), step, step / steps_per_epoch, history, best_auc, interrupted)

@@ -43,6 +43,8 @@ def train_progress(enabled: bool) -> tuple[Callable[[dict[str, Any]], None], Cal
         if bar.total != info["total_steps"]:
             bar.total = info["total_steps"]
         bar.n = info["step"]
+        if info.get("members", 1) > 1:
+            bar.set_description(f"train member {info['member'] + 1}/{info['members']}", refresh=False)
         bar.set_postfix(loss=f"{info['loss']:.3f}", epoch=f"{info['epoch']:.1f}", refresh=False)
         bar.refresh()
 

@@ -44,7 +44,9 @@ def cmd_train(args: argparse.Namespace, out) -> int:
     pairs = val.get("pairs", {})
     out(f"model {result.meta['model_version']} saved to {result.model_dir}")
     out(table([
-        ("backbone", cfg.model.backbone),
+        ("backbone", result.meta["backbone"]),
+        *[(f"  member {i}", f"{m['backbone']} (view {m['view']:g}): {m['steps']} steps, val AUC {m['best_val_auc']:.4f}")
+          for i, m in enumerate(result.meta["training"].get("members", []))],
         ("steps / epochs", f"{result.steps} / {result.epochs:.1f}"),
         ("minutes", f"{result.seconds / 60:.2f}"),
         ("train images / people", f"{len(data.labels)} / {len(data.class_names)}"),
@@ -125,7 +127,7 @@ def cmd_embed(args: argparse.Namespace, out) -> int:
 
 # The demo trains for minutes, not an hour: the small backbone learns fastest in that time (docs/training.md);
 # `train` uses the default recipe. A --config file or --set model.backbone=... replaces this.
-DEMO_RECIPE = ["model.backbone=test_resnet"]
+DEMO_RECIPE = ["model.backbone=test_resnet", "train.member_shares=", "data.crop_fraction=0.52", "data.image_size_px=64"]
 
 
 def cmd_demo(args: argparse.Namespace, out) -> int:

@@ -2,11 +2,18 @@
 
 ``forward(x1, x2)`` runs both inputs through the very same modules (one parameter set), so the
 gradient of a loss on the pair reaches the shared weights from both branches.
+
+An :class:`EnsembleEncoder` is still one shared encoder: M members (each a backbone + head, trained
+one after another) embed the same input and their unit embeddings are concatenated, so the cosine of
+two ensemble embeddings is the mean of the members' cosines. ``model.backbone`` names the members
+joined by ``+``; ``name@v`` makes a member look at the central ``v`` fraction of the input only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -14,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import backbone_spec, parse_backbone  # noqa: F401  (re-exported)
 from pipeline.errors import ConfigError, ModelArtifactError
 
 log = logging.getLogger(__name__)
@@ -26,8 +34,38 @@ INPUT_STD = (0.5, 0.5, 0.5)
 HEADS = ("gap", "flatten")
 
 
-class SiameseEncoder(nn.Module):
-    """timm backbone -> embedding head -> L2 normalise.
+def center_view(x: torch.Tensor, view: float) -> torch.Tensor:
+    """The central ``view`` fraction (per side) of images (B, C, H, W); ``view == 1`` returns ``x``."""
+    if view >= 1.0:
+        return x
+    h, w = x.shape[-2:]
+    sh, sw = max(1, round(h * view)), max(1, round(w * view))
+    y0, x0 = (h - sh) // 2, (w - sw) // 2
+    return x[..., y0 : y0 + sh, x0 : x0 + sw]
+
+
+class _TwoBranch(nn.Module):
+    """``forward``: the Siamese form (two inputs through the same ``embed``) or one input."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Both branches through the same weights: (B, 3, H, W) x 2 -> two (B, D) embeddings.
+
+        With one input, returns its embedding (the single-branch form used for batched embedding).
+        The two inputs are concatenated into one batch: identical to two calls, but one pass.
+        """
+        if x2 is None:
+            return self.embed(x1)
+        if x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(f"both branches need the same image shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        both = self.embed(torch.cat([x1, x2], dim=0))
+        return both[: x1.shape[0]], both[x1.shape[0] :]
+
+
+class SiameseEncoder(_TwoBranch):
+    """timm backbone -> embedding head -> L2 normalise (after cropping the input to ``view``).
 
     Heads: ``gap`` = global average pool -> Linear -> BatchNorm1d. ``flatten`` keeps the spatial layout of
     the last feature map (aligned faces put eyes and mouth at fixed places): BatchNorm2d -> Dropout ->
@@ -35,9 +73,11 @@ class SiameseEncoder(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, embedding_dim: int, *,
-                 head: str = "gap", feature_shape: tuple[int, ...] | None = None, dropout: float = 0.0) -> None:
+                 head: str = "gap", feature_shape: tuple[int, ...] | None = None, dropout: float = 0.0,
+                 view: float = 1.0) -> None:
         super().__init__()
         self.backbone = backbone
+        self.view = float(view)
         self.head_type = head
         if head == "gap":
             self.head = nn.Sequential(nn.Linear(num_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
@@ -54,29 +94,51 @@ class SiameseEncoder(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images float (B, 3, H, W), normalised -> embeddings float32 (B, D), unit L2 norm."""
-        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+        return F.normalize(self.head(self.backbone(center_view(x, self.view))).float(), dim=1)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        """Both branches through the same weights: (B, 3, H, W) x 2 -> two (B, D) embeddings.
 
-        With one input, returns its embedding (the single-branch form used for batched embedding).
-        The two inputs are concatenated into one batch: identical to two calls, but one pass.
-        """
-        if x2 is None:
-            return self.embed(x1)
-        if x1.shape[1:] != x2.shape[1:]:
-            raise ValueError(f"both branches need the same image shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-        both = self.embed(torch.cat([x1, x2], dim=0))
-        return both[: x1.shape[0]], both[x1.shape[0] :]
+class EnsembleEncoder(_TwoBranch):
+    """Members embed the same input; output = concat of their unit embeddings / sqrt(M) (unit norm).
+
+    The cosine of two outputs is the mean of the members' cosines.
+    """
+
+    def __init__(self, members: Sequence[SiameseEncoder]) -> None:
+        super().__init__()
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.embedding_dim = sum(m.embedding_dim for m in members)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [m.embed(x) for m in self.members]
+        return torch.cat(parts, dim=1) / math.sqrt(len(parts))
+
+
+Encoder = SiameseEncoder | EnsembleEncoder  # what a model artefact holds
+
+
+def build_model(backbone: str, embedding_dim: int, *, pretrained: bool = False, pretrained_file: str | None = None,
+                head: str = "gap", input_px: int | None = None, dropout: float = 0.0) -> SiameseEncoder | EnsembleEncoder:
+    """The encoder a ``model.backbone`` spec names: one :class:`SiameseEncoder`, or an
+    :class:`EnsembleEncoder` of one per ``+``-joined member (each ``embedding_dim`` wide)."""
+    specs = parse_backbone(backbone)
+    if len(specs) == 1 and specs[0][1] == 1.0:
+        return build_encoder(specs[0][0], embedding_dim, pretrained=pretrained, pretrained_file=pretrained_file,
+                             head=head, input_px=input_px, dropout=dropout)
+    return EnsembleEncoder([build_encoder(name, embedding_dim, pretrained=pretrained, pretrained_file=pretrained_file,
+                                          head=head, input_px=input_px, dropout=dropout, view=view)
+                            for name, view in specs])
 
 
 def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False,
                   pretrained_file: str | None = None, head: str = "gap", input_px: int | None = None,
-                  dropout: float = 0.0) -> SiameseEncoder:
+                  dropout: float = 0.0, view: float = 1.0) -> SiameseEncoder:
     """Create the encoder from any timm model name.
 
     Args:
         backbone: a timm model name (``timm.list_models()``), e.g. ``resnet18``, ``test_resnet``.
+        view: the central fraction of the input the encoder looks at (1 = all of it).
         pretrained: load the backbone's published weights through timm (needs the hub or its cache).
         pretrained_file: load backbone weights from this local file (safetensors or a timm state dict)
             instead of the hub; implies ``pretrained``.
@@ -117,8 +179,10 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
     if head == "flatten":
         was_training = net.training
         with torch.no_grad():
-            feature_shape = tuple(int(d) for d in net.eval()(torch.zeros(1, 3, input_px, input_px)).shape[1:])
+            px = max(1, round(int(input_px) * view))
+            feature_shape = tuple(int(d) for d in net.eval()(torch.zeros(1, 3, px, px)).shape[1:])
         net.train(was_training)
     log.debug("backbone %s: %d features, head %s %s, pretrained=%s", backbone, num_features, head, feature_shape,
               pretrained)
-    return SiameseEncoder(net, num_features, embedding_dim, head=head, feature_shape=feature_shape, dropout=dropout)
+    return SiameseEncoder(net, num_features, embedding_dim, head=head, feature_shape=feature_shape, dropout=dropout,
+                          view=view)

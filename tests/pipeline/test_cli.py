@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def model_dir(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model"
     rc = main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
-               "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.2"])
+               "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.2",
+               "--set", "model.backbone=test_resnet"])
     assert rc == 0
     return out
 
@@ -121,7 +122,7 @@ def test_errors_are_clear(model_dir: Path, tmp_path: Path, synthetic_folders: Pa
     retrained = tmp_path / "retrained"
     assert main(["train", "--data", str(synthetic_folders), "--out", str(retrained), "--minutes", "0.05", "-q",
                  "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.4",
-                 "--set", "train.identities_per_batch=2"]) == 0
+                 "--set", "train.identities_per_batch=2", "--set", "model.backbone=test_resnet"]) == 0
     capsys.readouterr()
     assert main(["identify", "--index", str(index), "--model", str(retrained), "--probes", str(synthetic_folders),
                  "--out", str(tmp_path / "h.parquet")]) == 2
