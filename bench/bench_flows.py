@@ -4,7 +4,7 @@
 
 - Flow overhead: identify ``--probes`` real LFW images (top-5) against a gallery of ``--gallery`` people
   (one image each), through ``flows.lookup.lookup_flow`` (tasks, part files, merge, artifacts) and through
-  the library (``pipeline.gallery.run_chunked(identify_chunk)`` + one Parquet write), alternating, in the
+  the library (``pipeline.serve.gallery.run_chunked(identify_chunk)`` + one Parquet write), alternating, in the
   same process, same model, store and chunk size; the two result files must be equal.
 - Memory: identify ``--memory-probes`` probe embeddings through the flow and the library, each in a fresh
   process, sampling its resident memory (top-5 and top-50).
@@ -37,9 +37,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from docsection import write_section
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,13 +57,19 @@ import torch  # noqa: E402
 from flows.enroll import enroll_flow  # noqa: E402
 from flows.lookup import lookup_flow  # noqa: E402
 from flows.settings import task_runner  # noqa: E402
-from pipeline.artifacts import load_model  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.io import write_parquet_atomic
 from pipeline.data.manifest import read_images  # noqa: E402
-from pipeline.embed import embed_table, write_parquet_atomic  # noqa: E402
-from pipeline.gallery import identify_chunk, open_gallery, read_probes, run_chunked  # noqa: E402
-from pipeline.prepare import prepare_training  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.model.artifacts import load_model  # noqa: E402
+from pipeline.model.embed import embed_table  # noqa: E402
+from pipeline.serve.gallery import (  # noqa: E402
+    identify_chunk,
+    open_gallery,
+    read_probes,
+    run_chunked,
+)
+from pipeline.train.loop import train  # noqa: E402
+from pipeline.train.prepare import prepare_training  # noqa: E402
 
 SECTION = "## Flows"
 
@@ -125,7 +131,7 @@ def bench_memory(args: argparse.Namespace, model_dir: Path, work: Path, url: str
     through the flow and through the library, each in a fresh process (peak RSS growth over a warm-up run)."""
     import numpy as np
 
-    from pipeline.embed import embeddings_table
+    from pipeline.model.embed import embeddings_table
 
     model = load_model(model_dir)
     rng = np.random.default_rng(0)

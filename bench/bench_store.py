@@ -33,13 +33,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from docsection import write_section
-
 import numpy as np
+from docsection import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pipeline  # noqa: E402,F401  (runtime tuning: OMP_WAIT_POLICY=PASSIVE before faiss loads OpenMP)
 from indexes import GalleryStore  # noqa: E402
 
 MODEL = "bench-model"

@@ -14,20 +14,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from pipeline.artifacts import load_model  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.embed import embed_array  # noqa: E402
-from pipeline.evaluation import EvalSet, build_eval_set, evaluate_embeddings  # noqa: E402
-from pipeline.prepare import load_split  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.evaluate.evalset import EvalSet, build_eval_set  # noqa: E402
+from pipeline.evaluate.protocol import evaluate_embeddings  # noqa: E402
+from pipeline.model.artifacts import load_model  # noqa: E402
+from pipeline.model.embed import embed_array  # noqa: E402
+from pipeline.train.prepare import load_split  # noqa: E402
 
 
 def metrics(es: EvalSet, emb: np.ndarray) -> dict[str, float]:

@@ -27,17 +27,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # libgomp spin-waits by default: on a shared 2-core machine that made a training step up to 15x slower.
 # Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pipeline.artifacts import load_model  # noqa: E402
-from pipeline.config import Config, config_from_dict, load_config, to_dict  # noqa: E402
-from pipeline.evaluation import EvalSet, achieved_far, evaluate_encoder  # noqa: E402
-from pipeline.prepare import TrainingData, load_split, prepare_dev, prepare_training  # noqa: E402
-from pipeline.train import train  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline.core.config import Config, config_from_dict, load_config, to_dict  # noqa: E402
+from pipeline.data.splits import Split  # noqa: E402
+from pipeline.evaluate.protocol import evaluate_model  # noqa: E402
+from pipeline.model.artifacts import load_model  # noqa: E402
+from pipeline.train.loop import train  # noqa: E402
+from pipeline.train.prepare import (  # noqa: E402
+    TrainingData,
+    load_split,
+    prepare_training,
+)
 
 log = logging.getLogger("train_ablation")
 
-# Overrides relative to the current defaults (pipeline/config.py). The first rows reproduce the old
+# Overrides relative to the current defaults (pipeline/core/config.py). The first rows reproduce the old
 # defaults (test_resnet, 64 px, triplet) so that every later change is measured against them.
 OLD = ["model.backbone=test_resnet", "data.image_size_px=64", "model.channels_last=false", "loss.name=triplet",
        "train.identities_per_batch=32", "train.images_per_identity=2", "train.ema_decay=0", "data.val_source=folds",
@@ -105,13 +111,12 @@ def data_key(cfg: Config) -> tuple[Any, ...]:
     return (d.image_size_px, d.crop_fraction, d.val_source, d.val_fraction, d.dev_folds, d.val_folds, t.augment, t.seed)
 
 
-def dev_metrics(model_dir: Path, dev: EvalSet) -> dict[str, Any]:
-    """Dev-fold metrics of a saved model: k-fold accuracy over the dev folds, AUC, EER, TAR@FAR, achieved FAR."""
-    model = load_model(model_dir)
-    fars = tuple(float(k.split("=")[1]) for k in model.meta["thresholds"])
-    metrics, emb = evaluate_encoder(model.encoder, dev, fars, bool(model.meta["preprocessing"]["flip_tta"]))
-    metrics["achieved_far"] = {k: achieved_far(emb, dev.identities, t) for k, t in model.meta["thresholds"].items()}
-    return metrics
+def dev_metrics(model_dir: Path, table: pd.DataFrame, split: Split) -> dict[str, Any]:
+    """Dev-fold metrics of a saved model (`evaluate_model`, the protocol `facepipe evaluate` reports): k-fold
+    accuracy over the dev folds, AUC, EER, TAR@FAR, achieved FAR."""
+    if not split.dev:
+        raise SystemExit("the ablation needs a pairs file with dev folds")
+    return evaluate_model(load_model(model_dir), table, split.dev, split.dev_pairs, name="dev").metrics
 
 
 def row(name: str, overrides: list[str], cfg: Config, meta: dict[str, Any], dev: dict[str, Any],
@@ -136,7 +141,6 @@ def run(args: argparse.Namespace) -> None:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     cache_train: dict[tuple[Any, ...], TrainingData] = {}
-    cache_dev: dict[tuple[Any, ...], EvalSet] = {}
     for name in args.recipes:
         if name not in RECIPES:
             raise SystemExit(f"unknown recipe {name!r}; valid: {sorted(RECIPES)}")
@@ -148,16 +152,10 @@ def run(args: argparse.Namespace) -> None:
             cache_train.clear()  # one decoded training set in memory at a time
             cache_train[key] = prepare_training(args.data, args.pairs, cfg)
         data = cache_train[key]
-        dkey = (cfg.data.image_size_px, cfg.data.crop_fraction)
-        if dkey not in cache_dev:
-            dev = prepare_dev(data.table, data.split, cfg)
-            if dev is None:
-                raise SystemExit("the ablation needs a pairs file with dev folds")
-            cache_dev[dkey] = dev
         t0 = time.monotonic()
         out_dir = Path(args.out) / name
         res = train(cfg, data, out_dir)
-        dev_m = dev_metrics(out_dir, cache_dev[dkey])
+        dev_m = dev_metrics(out_dir, data.table, data.split)
         r = row(name, RECIPES[name] + list(args.set or []), cfg, res.meta, dev_m, time.monotonic() - t0)
         with results.open("a") as fh:
             fh.write(json.dumps(r) + "\n")
@@ -174,10 +172,7 @@ def add_model(args: argparse.Namespace) -> None:
         dev_m = json.loads(Path(args.metrics).read_text())
     else:
         table, split = load_split(args.data, args.pairs, cfg)
-        dev = prepare_dev(table, split, cfg)
-        if dev is None:
-            raise SystemExit("needs a pairs file with dev folds")
-        dev_m = dev_metrics(Path(model_dir), dev)
+        dev_m = dev_metrics(Path(model_dir), table, split)
     r = row(name, ["(model " + model_dir + ")"], cfg, meta, dev_m, 0.0)
     r["wall_minutes"] = None
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -9,20 +9,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from pipeline.artifacts import load_model  # noqa: E402
 from pipeline.data.manifest import read_images  # noqa: E402
 from pipeline.data.pairs import pair_people, parse_pairs  # noqa: E402
-from pipeline.embed import embed_array  # noqa: E402
-from pipeline.evaluation import build_eval_set, evaluate_embeddings  # noqa: E402
+from pipeline.evaluate.evalset import build_eval_set  # noqa: E402
+from pipeline.evaluate.protocol import evaluate_embeddings  # noqa: E402
+from pipeline.model.artifacts import load_model  # noqa: E402
+from pipeline.model.embed import embed_array  # noqa: E402
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
-"""Lookup flow: a probes manifest -> 1:1 verify or 1:N identify -> one results Parquet (DESIGN.md columns).
+"""Lookup flow: a probes manifest -> 1:1 verify or 1:N identify -> one results Parquet (columns: `pipeline.data.schemas`).
 
 Chunks run as tasks (on Dask when a scheduler is configured), each writing its results to a part file;
 at most ``max_in_flight`` chunks are in memory, so 100k probes run in bounded memory. The parts are
-merged in input order, so the file equals the library's own results (`pipeline.gallery`). With
+merged in input order, so the file equals the library's own results (`pipeline.serve.gallery`). With
 ``--registry`` the live pair is read once at the start: a switch during the run does not mix models.
-Run: ``python -m flows.lookup --probes FILE (--registry DIR | --index INDEX_DIR) --mode identify --out hits.parquet``.
+Run: ``python -m flows.lookup --probes FILE [--registry DIR | --index INDEX_DIR] --mode identify --out hits.parquet``;
+the registry, chunk sizes and Dask scheduler default to the flows settings (flows/flows.toml).
 """
 
 from __future__ import annotations
@@ -17,18 +18,30 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
-from flows.settings import dask_address, task_runner
-from flows.tasks import lookup_chunk, merge_parts, publish, read_table, resolve_target, windowed, write_table
+from flows.cli import FlowParser, given, run_main, with_runner
+from flows.settings import FlowSettings, dask_address, flow_defaults, flow_parameters, task_runner
+from flows.tasks import (
+    lookup_chunk,
+    merge_parts,
+    publish,
+    read_table,
+    resolve_target,
+    windowed,
+    write_table,
+)
 from pipeline.data.manifest import empty_rejects
-from pipeline.gallery import chunks
+from pipeline.serve.gallery import chunks
 
 MODES = ("verify", "identify")
 
 
-@flow(name="lookup", log_prints=False, task_runner=task_runner(dask_address()))
+D = flow_defaults("lookup")  # flows.toml's values (flows.settings.flow_parameters)
+
+
+@flow(name="lookup", log_prints=False, task_runner=task_runner(dask_address(), check_api=False))
 def lookup_flow(probes: str, out: str, mode: str = "identify", index: str | None = None, model: str | None = None,
-                registry: str | None = None, top_k: int = 5, threshold: float | None = None, chunk_size: int = 2048,
-                max_in_flight: int = 4) -> dict[str, Any]:
+                registry: str | None = None, top_k: int = 5, threshold: float | None = None,
+                chunk_size: int = D["chunk_size"], max_in_flight: int = D["max_in_flight"]) -> dict[str, Any]:
     """Answer every probe of ``probes`` against a gallery; write ``out`` (Parquet) and ``out``.rejects.parquet."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
@@ -54,25 +67,35 @@ def lookup_flow(probes: str, out: str, mode: str = "identify", index: str | None
     return {**counts, "out": out, "rejects": rejected}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.lookup", description=lookup_flow.__doc__)
-    p.add_argument("--probes", required=True)
-    p.add_argument("--out", required=True)
+def parser() -> FlowParser:
+    p = FlowParser("lookup", __doc__)
+    p.add_argument("--probes", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE.parquet")
     p.add_argument("--mode", choices=MODES, default="identify")
-    p.add_argument("--registry", help="query the registry's live pair")
+    p.add_setting("--registry", "registry.path", "query the registry's live pair, unless --index is given",
+                  metavar="DIR")
     p.add_argument("--index", help="or: a gallery store directory")
     p.add_argument("--model")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--threshold", type=float)
-    p.add_argument("--chunk-size", type=int, default=2048)
-    p.add_argument("--max-in-flight", type=int, default=4)
-    p.add_argument("--dask-address", help="run the chunks on this Dask scheduler")
-    a = p.parse_args(argv)
-    fl = lookup_flow.with_options(task_runner=task_runner(a.dask_address)) if a.dask_address else lookup_flow
-    res = fl(a.probes, a.out, a.mode, a.index, a.model, a.registry, a.top_k, a.threshold, a.chunk_size,
-             a.max_in_flight)
-    print({k: v for k, v in res.items() if k != "rejects"})
-    return 0
+    p.add_setting("--chunk-size", "chunks.lookup", "probes per task", type=int)
+    p.add_setting("--max-in-flight", "chunks.max_in_flight", "tasks at once (bounds memory)", type=int)
+    p.add_argument("--dask-address", help="run the chunks on this Dask scheduler (default: $FACEPIPE_DASK_ADDRESS, "
+                                          "else [dask] address)")
+    return p
+
+
+def run(a: argparse.Namespace, settings: FlowSettings) -> dict[str, Any]:
+    params = {**flow_parameters(settings)["lookup"], **given(a, "probes", "out", "mode", "index", "model", "top_k",
+                                                             "threshold")}
+    if a.registry is None and (a.index is not None or a.model is not None):
+        params["registry"] = None  # --index/--model instead of the settings' registry
+    res = with_runner(lookup_flow, a.dask_address, settings)(**params)
+    return {k: v for k, v in res.items() if k != "rejects"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -6,32 +6,46 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NONE
 
+from flows.settings import FlowSettings
 from flows.tasks import IO_RETRIES, cached_model, cached_store, markdown_table
 from indexes import GalleryStore
-from pipeline import gallery
-from pipeline.config import Config, load_config
-from pipeline.embed import embed_array, write_parquet_atomic
-from pipeline.errors import DataError
-from pipeline.evaluation import build_eval_set, evaluate_embeddings
-from pipeline.prepare import TrainingData, load_split, prepare_training
-from pipeline.promotion import decide
-from pipeline.registry import ModelRegistry, Pair
-from pipeline.report import plot_roc
-from pipeline.train import identity_hashes, train
+from lifecycle import live
+from lifecycle.promotion import decide
+from lifecycle.registry import ModelRegistry, Pair
+from pipeline.core.config import Config, load_config, read_toml
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.io import write_parquet_atomic
+from pipeline.evaluate.plots import plot_roc
+from pipeline.evaluate.protocol import evaluate_model
+from pipeline.serve import gallery
+from pipeline.train.loop import train
+from pipeline.train.prepare import TrainingData, load_split, prepare_training
 
 
 @task(cache_policy=NONE)
 def load_training_config(config: str | None, overrides: list[str]) -> Config:
+    """The pipeline training config: ``config`` (a TOML file; refused if it is a flows settings file) + overrides."""
+    if config:
+        sections = set(read_toml(config, "training config"))
+        flows_sections = {f.name for f in fields(FlowSettings)}
+        if sections & flows_sections and not sections & {f.name for f in fields(Config)}:
+            raise ConfigError(f"training config {config} is a flows settings file (sections {sorted(sections)}): pass "
+                              f"it as --settings {config}; --training-config takes a pipeline config (sections "
+                              f"{[f.name for f in fields(Config)]})")
     return load_config(config, overrides)
 
 
@@ -120,21 +134,14 @@ def pinned_pair_set(registry: str, data: str, pairs: str | None, cfg: Config, se
 def evaluate_version(registry: str, version: str, pair_set: PairSet) -> Evaluation:
     """Embed the pair set's faces with a registered model (at its own preprocessing) and score the pairs."""
     model = cached_model(str(ModelRegistry.open(registry).model_dir(version)))
-    pre = model.meta["preprocessing"]
-    es = build_eval_set(pair_set.name, pair_set.images, pair_set.people, pair_set.pairs,
-                        float(pre["crop_fraction"]), int(pre["image_size_px"]))
-    emb = embed_array(model.encoder, es.images, flip_tta=bool(pre["flip_tta"]), mean=tuple(pre["mean"]),
-                      std=tuple(pre["std"]))
-    scores = (emb[es.pair_i] * emb[es.pair_j]).sum(axis=1)
-    trained_on = set(model.meta.get("training", {}).get("train_identity_hashes", []))
-    overlap = len(trained_on & set(identity_hashes(sorted(pair_set.people))))
-    return Evaluation(version, evaluate_embeddings(es, emb, pair_set.fars), scores, es.same, overlap)
+    ev = evaluate_model(model, pair_set.images, pair_set.people, pair_set.pairs, name=pair_set.name, fars=pair_set.fars)
+    return Evaluation(version, ev.metrics, ev.pair_scores, ev.eval_set.same, len(ev.trained_on))
 
 
 @task(cache_policy=NONE, **IO_RETRIES)
 def decide_promotion(registry: str, candidate: Evaluation, live: Evaluation | None, pair_set: PairSet, metric: str,
                      min_improvement: float) -> dict[str, Any]:
-    """The promotion gate (`pipeline.registry.decide`); both evaluations are recorded in the registry."""
+    """The promotion gate (`lifecycle.promotion.decide`); both evaluations are recorded in the registry."""
     reg = ModelRegistry.open(registry)
     decision = decide(candidate.metrics, None if live is None else live.metrics, metric, min_improvement,
                       candidate.trained_on_eval_people)
@@ -222,7 +229,7 @@ def switch_live(registry: str, version: str, store_id: str, reason: str, chunk_s
                 decided_against: Pair | None) -> dict[str, Any]:
     """Make (model, store) live atomically, after the catch-up of images enrolled meanwhile; refused if the
     live pair is no longer the one the promotion was decided against."""
-    ptr, caught_up = gallery.switch_pair(ModelRegistry.open(registry), version, store_id, reason=reason,
+    ptr, caught_up = live.switch_pair(ModelRegistry.open(registry), version, store_id, reason=reason,
                                          chunk_size=chunk_size,
                                          expect_live=None if decided_against is None else decided_against.store)
     return {"pointer": ptr.to_dict(), "caught_up": caught_up}
@@ -230,7 +237,7 @@ def switch_live(registry: str, version: str, store_id: str, reason: str, chunk_s
 
 @task(cache_policy=NONE, **IO_RETRIES)
 def roll_back(registry: str, reason: str, chunk_size: int) -> dict[str, Any]:
-    ptr, caught_up = gallery.rollback_pair(ModelRegistry.open(registry), reason=reason, chunk_size=chunk_size)
+    ptr, caught_up = live.rollback_pair(ModelRegistry.open(registry), reason=reason, chunk_size=chunk_size)
     return {"pointer": ptr.to_dict(), "caught_up": caught_up}
 
 

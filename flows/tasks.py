@@ -1,4 +1,4 @@
-"""Prefect tasks of the enrol and lookup flows: each wraps `pipeline.gallery` calls. Retries only on I/O.
+"""Prefect tasks of the enrol and lookup flows: each wraps `pipeline.serve.gallery` calls. Retries only on I/O.
 
 Tasks take paths and plain tables (not open models or stores) so they can run in another process
 (a Dask worker); the model, the store and its known image hashes are opened once per process.
@@ -20,12 +20,13 @@ from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 
 from indexes import GalleryStore
-from pipeline import gallery
-from pipeline.artifacts import LoadedModel, load_model
+from lifecycle import live
+from lifecycle.registry import ModelRegistry
+from pipeline.core.errors import DataError
+from pipeline.core.io import write_parquet_atomic
 from pipeline.data.manifest import read_images
-from pipeline.embed import write_parquet_atomic
-from pipeline.errors import DataError
-from pipeline.registry import ModelRegistry
+from pipeline.model.artifacts import LoadedModel, load_model
+from pipeline.serve import gallery
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -134,7 +135,7 @@ def embed_images(target: Target, chunk: pd.DataFrame) -> gallery.EnrolBatch:
 def commit_batch(target: Target, batch: gallery.EnrolBatch) -> gallery.ChunkResult:
     """One atomic commit of an embedded chunk (into the registry's live store, if that is the target)."""
     if target.registry is not None:
-        return gallery.commit_to_registry(ModelRegistry.open(target.registry), batch)
+        return live.commit_to_registry(ModelRegistry.open(target.registry), batch)
     return gallery.commit_enrolment(cached_store(target.index_dir), batch)
 
 

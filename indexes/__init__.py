@@ -10,7 +10,13 @@ Imports only the standard library, numpy, pandas, pyarrow and faiss (never torch
 
 from indexes.aggregate import AGGREGATIONS
 from indexes.config import INDEX_KINDS, IndexConfig
-from indexes.errors import ModelVersionMismatch, StoreCorrupt, StoreError, StoreLocked, StoreWriteError
+from indexes.errors import (
+    ModelVersionMismatch,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+    StoreWriteError,
+)
 from indexes.manifest import SCHEMA_VERSION
 from indexes.segments import METADATA_SCHEMA
 from indexes.store import GalleryStore

@@ -1,4 +1,7 @@
-"""Durable file writes and the writer lock.
+"""Durable file writes, file digests and the file lock: the one implementation every layer uses.
+
+`indexes` is the bottom layer and imports nothing of the project, so these primitives live here and
+`pipeline.core.io` builds on them (atomic JSON/Parquet/path writes) instead of keeping a second copy.
 
 Commit protocol used by the store (see `indexes.store`):
 1. new immutable files are written under fresh unique names (`write_new_file`: O_EXCL, write, fsync),
@@ -29,7 +32,7 @@ from indexes.errors import StoreLocked
 
 logger = logging.getLogger(__name__)
 
-_HASH_CHUNK_BYTES = 8 << 20
+_HASH_CHUNK_BYTES = 8 << 20  # chunks larger than this are hashed in a second thread while written
 
 
 @dataclass(frozen=True)
@@ -109,33 +112,34 @@ def write_file_atomic(path: Path, data: bytes) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 8 MiB chunks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes (``hashlib.file_digest``: chunked, GIL released)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-class StoreLock:
-    """Exclusive writer lock: `fcntl.flock` on a lock file, polled until `timeout_s`.
+class FileLock:
+    """A lock file taken with `fcntl.flock`, exclusive (writers) or shared (readers that must not see a
+    write happen meanwhile), polled until `timeout_s`; raises `StoreLocked` (or ``what``'s message) after.
 
     flock locks belong to the open file description, so two threads of one process (each entering
-    its own `StoreLock`) exclude each other just like two processes. The kernel drops the lock when
-    the holder dies, so a killed writer never leaves the store locked.
+    its own `FileLock`) exclude each other just like two processes. The kernel drops the lock when
+    the holder dies, so a killed writer never leaves the file locked.
     """
 
-    def __init__(self, path: Path, timeout_s: float, *, poll_s: float = 0.01) -> None:
+    def __init__(self, path: Path, timeout_s: float, *, shared: bool = False, poll_s: float = 0.01,
+                 what: str = "this store") -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self.shared = shared
         self.poll_s = poll_s
+        self.what = what
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting; True on success."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -150,8 +154,8 @@ class StoreLock:
         while not self.try_acquire():
             if time.monotonic() >= deadline:
                 raise StoreLocked(
-                    f"could not take the writer lock {self.path} within {self.timeout_s:.1f} s: another "
-                    "process is writing to this store; retry later or pass a longer lock_timeout_s"
+                    f"could not take the lock {self.path} within {self.timeout_s:.1f} s: another "
+                    f"process is writing to {self.what}; retry later or pass a longer lock_timeout_s"
                 )
             time.sleep(self.poll_s)
 
@@ -161,7 +165,7 @@ class StoreLock:
             fd, self._fd = self._fd, None
             os.close(fd)
 
-    def __enter__(self) -> StoreLock:
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
@@ -169,3 +173,6 @@ class StoreLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+StoreLock = FileLock  # the store's exclusive writer lock

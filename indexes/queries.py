@@ -16,8 +16,14 @@ from indexes.aggregate import check_aggregation, claim_scores, rank_identities
 from indexes.ann import recall_at_k
 from indexes.errors import StoreError
 from indexes.snapshot import Snapshot
-from indexes.validation import (UNKNOWN, check_model_version, check_positive_int, check_strings, check_threshold,
-                                check_vectors)
+from indexes.validation import (
+    UNKNOWN,
+    check_model_version,
+    check_positive_int,
+    check_strings,
+    check_threshold,
+    check_vectors,
+)
 
 
 class QueryMethods:

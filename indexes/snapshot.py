@@ -25,8 +25,15 @@ from indexes.arena import Arena
 from indexes.errors import StoreCorrupt, StoreError
 from indexes.manifest import MANIFEST_NAME, Manifest, SegmentEntry, read_manifest
 from indexes.search import merge_topk, topk_inner_product
-from indexes.segments import (METADATA_SCHEMA, Segment, check_file_size, is_mapped, load_segment, map_vectors,
-                               read_vectors_into)
+from indexes.segments import (
+    METADATA_SCHEMA,
+    Segment,
+    check_file_size,
+    is_mapped,
+    load_segment,
+    map_vectors,
+    read_vectors_into,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,13 @@ import pyarrow as pa
 from indexes.ann import build_ann_file, factory_string
 from indexes.atomic import fsync_dir
 from indexes.config import IndexConfig
-from indexes.manifest import ANN_DIR, MANIFEST_NAME, SEGMENTS_DIR, Manifest, SegmentEntry
+from indexes.manifest import (
+    ANN_DIR,
+    MANIFEST_NAME,
+    SEGMENTS_DIR,
+    Manifest,
+    SegmentEntry,
+)
 from indexes.segments import METADATA_SCHEMA, Segment, sha_prefix_u64, write_segment
 from indexes.snapshot import verify_segments
 

@@ -19,17 +19,15 @@ import numpy as np
 import pandas as pd
 
 from indexes import GalleryStore
-from pipeline.artifacts import load_model
-from pipeline.config import Config
-from pipeline.data.images import sha256_file
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.core.io import file_digest, write_parquet_atomic
 from pipeline.data.lfw import lfw_layout
-from pipeline.embed import embed_array, write_parquet_atomic
-from pipeline.errors import DataError
-from pipeline.evaluation import achieved_far, evaluate_embeddings
-from pipeline.metrics import all_pair_scores
-from pipeline.prepare import prepare_dev, prepare_training
-from pipeline.report import plot_roc, plot_score_histogram
-from pipeline.train import train
+from pipeline.evaluate.plots import write_evaluation_plots
+from pipeline.evaluate.protocol import evaluate_model
+from pipeline.model.artifacts import load_model
+from pipeline.train.loop import train
+from pipeline.train.prepare import prepare_training
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +79,17 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
     result = train(cfg, data, out_dir / "model", on_step=on_step)
     model = load_model(out_dir / "model")
 
-    t_embed = time.monotonic()
-    dev = prepare_dev(data.table, data.split, cfg)
-    if dev is None:
+    if not data.split.dev:
         raise DataError("no dev people: the pairs file needs the configured data.dev_folds")
-    emb = embed_array(model.encoder, dev.images, flip_tta=cfg.eval.flip_tta)
-    embed_s = time.monotonic() - t_embed
-    dev_metrics = evaluate_embeddings(dev, emb, cfg.eval.target_fars)
-    dev_metrics["achieved_far"] = {k: achieved_far(emb, dev.identities, t) for k, t in model.meta["thresholds"].items()}
+    ev = evaluate_model(model, data.table, data.split.dev, data.split.dev_pairs, name="dev", fars=cfg.eval.target_fars)
+    dev, emb, dev_metrics = ev.eval_set, ev.embeddings, ev.metrics
 
     # one-shot gallery: ONE image per enrolled person
     gallery, known, unknown = _one_shot_split(dev.identities)
     store = GalleryStore.create(store_dir, model_version=model.model_version, embedding_dim=emb.shape[1],
                                 threshold=model.threshold, model_path=str((out_dir / "model").resolve()))
     paths = dev.image_paths
-    shas = [sha256_file(root / p) for p in paths[gallery]]
+    shas = [file_digest(root / p) for p in paths[gallery]]
     store.enroll(emb[gallery], dev.identities[gallery].tolist(), paths[gallery].tolist(), shas,
                  model_version=model.model_version)
 
@@ -127,11 +121,7 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
 
     write_parquet_atomic(ident, report / "identify.parquet")
     write_parquet_atomic(ver, report / "verify.parquet")
-    pair_scores = (emb[dev.pair_i] * emb[dev.pair_j]).sum(axis=1)
-    all_scores, all_labels = all_pair_scores(emb, dev.identities)
-    plot_roc({"dev pairs": (pair_scores, dev.same), "dev all pairs": (all_scores, all_labels)}, report / "roc.png",
-             threshold_far=cfg.eval.default_far)
-    plot_score_histogram(all_scores, all_labels, report / "scores.png", model.threshold)
+    write_evaluation_plots(ev, report / "roc.png", report / "scores.png", default_far=cfg.eval.default_far, label="dev")
 
     pairs_m = dev_metrics["pairs"]
     far_key = f"{cfg.eval.default_far:g}"
@@ -155,7 +145,7 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
         "open_set_dir": dir_at_thr,
         "open_set_false_alarm": false_alarm,
         "verify_accuracy": verify_acc,
-        "embed_images_per_s": len(dev.images) / embed_s,
+        "embed_images_per_s": dev_metrics["images_per_s"],
         "identify_queries_per_s": len(probes) / max(identify_s, 1e-9),
         "prep_seconds": round(prep_s, 1),
     }

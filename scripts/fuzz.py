@@ -8,8 +8,8 @@ Counts every input tried and every exception type that escaped other than the do
 from __future__ import annotations
 
 import argparse
-import logging
 import io
+import logging
 import random
 import tempfile
 import time
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.core.errors import DataError, ImageError
 from pipeline.data.images import decode_image
 from pipeline.data.manifest import read_manifest
-from pipeline.errors import DataError, ImageError
 
 
 def seeds() -> list[bytes]:

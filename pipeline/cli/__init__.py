@@ -13,12 +13,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-# Before anything imports torch: libgomp's default busy-wait made training steps up to 16x slower on a
-# shared 2-core machine (docs/training.md). A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from pipeline.data import lfw  # noqa: E402
-from pipeline.errors import FacepipeError  # noqa: E402
+from pipeline.core.errors import FacepipeError
+from pipeline.data import lfw
 
 EPILOG = """examples:
   facepipe demo --data ../shared/data --minutes 3
@@ -171,15 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             module, name = func.split(":")
             func = getattr(importlib.import_module(module), name)
         return int(func(args, out) or 0)
-    except FacepipeError as exc:
+    except FacepipeError as exc:  # the one error tree (pipeline.core.errors), store errors included
+        logging.getLogger(__name__).debug("user error", exc_info=True)
         print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # store errors come from `indexes`, which does not share our base class
-        if type(exc).__module__.startswith("indexes"):
-            print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
-        raise
 
 
 if __name__ == "__main__":

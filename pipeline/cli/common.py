@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.embed import write_parquet_atomic
+from pipeline.core.io import write_parquet_atomic
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -21,7 +21,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     for noisy in ("PIL", "matplotlib", "timm", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if not verbose:  # the commands print their rejects themselves
-        logging.getLogger("pipeline.data.faces").setLevel(logging.ERROR)
+        logging.getLogger("pipeline.data.image_batch").setLevel(logging.ERROR)
 
 
 @contextmanager

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-
-from pipeline.artifacts import load_model
 from pipeline.cli.common import progress, table, train_progress, write_rejects
-from pipeline.config import load_config
+from pipeline.core.config import load_config
+from pipeline.core.errors import DataError
+from pipeline.core.io import write_json_atomic, write_parquet_atomic
 from pipeline.data.lfw import fetch_lfw, lfw_layout, resolve_data_dir
 from pipeline.data.manifest import read_images
 from pipeline.data.pairs import pair_people, parse_pairs
-from pipeline.embed import embed_array, embed_table, embeddings_table, write_parquet_atomic
-from pipeline.errors import DataError
-from pipeline.evaluation import achieved_far, build_eval_set, evaluate_embeddings
-from pipeline.metrics import all_pair_scores
-from pipeline.prepare import prepare_training
-from pipeline.report import plot_roc, plot_score_histogram
-from pipeline.train import identity_hashes, train
+from pipeline.evaluate.plots import write_evaluation_plots
+from pipeline.evaluate.protocol import evaluate_model
+from pipeline.model.artifacts import load_model
+from pipeline.model.embed import embed_table, embeddings_table
+from pipeline.train.loop import train
+from pipeline.train.prepare import prepare_training
 
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None):
@@ -58,7 +56,6 @@ def cmd_train(args: argparse.Namespace, out) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, out) -> int:
     model = load_model(args.model)
-    pre = model.meta["preprocessing"]
     pairs = parse_pairs(args.pairs)
     if args.folds == "all":
         folds = sorted(set(pairs["fold"]))
@@ -69,34 +66,18 @@ def cmd_evaluate(args: argparse.Namespace, out) -> int:
     sel = pairs[pairs["fold"].isin(folds)]
     if sel.empty:
         raise DataError(f"{args.pairs}: no pairs in folds {folds}")
-    trained_on = set(model.meta.get("training", {}).get("train_identity_hashes", []))
-    overlap = {p for p in pair_people(sel) if identity_hashes([p])[0] in trained_on}
-    if overlap:
-        out(f"warning: {len(overlap)} evaluated people were in the training set, e.g. {sorted(overlap)[:3]}")
     data_table = read_images(args.data, require_identities=True, required=("image_path", "identity"))
-    t0 = time.monotonic()
-    es = build_eval_set("eval", data_table, frozenset(pair_people(sel)), sel, float(pre["crop_fraction"]),
-                        int(pre["image_size_px"]))
-    with progress(len(es.images), "embed", enabled=not args.quiet) as update:
-        emb = embed_array(model.encoder, es.images, flip_tta=bool(pre["flip_tta"]), mean=tuple(pre["mean"]),
-                          std=tuple(pre["std"]), progress=update)
-    seconds = time.monotonic() - t0
-    fars = tuple(float(k.split("=")[1]) for k in model.meta["thresholds"])
-    metrics = evaluate_embeddings(es, emb, fars)
-    metrics["folds"] = folds
-    metrics["model_version"] = model.model_version
-    metrics["threshold"] = model.threshold
-    metrics["achieved_far"] = {k: achieved_far(emb, es.identities, t) for k, t in model.meta["thresholds"].items()}
-    metrics["images_per_s"] = len(emb) / seconds
+    people = frozenset(pair_people(sel))
+    with progress(int(data_table["identity"].isin(people).sum()), "embed", enabled=not args.quiet) as update:
+        ev = evaluate_model(model, data_table, people, sel, progress=update)
+    if ev.trained_on:
+        out(f"warning: {len(ev.trained_on)} evaluated people were in the training set, e.g. {sorted(ev.trained_on)[:3]}")
+    metrics = {**ev.metrics, "folds": folds}
+    es = ev.eval_set
     out_path = Path(args.out) if args.out else Path(args.model) / "eval" / "metrics.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(metrics, indent=2))
-    pair_scores = (emb[es.pair_i] * emb[es.pair_j]).sum(axis=1)
-    all_s, all_l = all_pair_scores(emb, es.identities)
+    write_json_atomic(out_path, metrics)
     stem = out_path.with_suffix("")
-    plot_roc({"pairs": (pair_scores, es.same), "all pairs": (all_s, all_l)}, f"{stem}_roc.png",
-             threshold_far=float(model.meta.get("default_far", 1e-3)))
-    plot_score_histogram(all_s, all_l, f"{stem}_scores.png", model.threshold)
+    write_evaluation_plots(ev, f"{stem}_roc.png", f"{stem}_scores.png", default_far=float(model.meta.get("default_far", 1e-3)))
     p = metrics["pairs"]
     far_key = f"{model.meta.get('default_far', 1e-3):g}"
     out(table([

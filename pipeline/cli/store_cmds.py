@@ -10,9 +10,16 @@ from pathlib import Path
 
 from indexes import GalleryStore
 from pipeline.cli.common import progress, table, write_rejects
+from pipeline.core.io import write_parquet_atomic
 from pipeline.data.manifest import read_images
-from pipeline.embed import write_parquet_atomic
-from pipeline.gallery import enroll_chunk, identify_chunk, open_gallery, read_probes, run_chunked, verify_chunk
+from pipeline.serve.gallery import (
+    enroll_chunk,
+    identify_chunk,
+    open_gallery,
+    read_probes,
+    run_chunked,
+    verify_chunk,
+)
 
 
 def cmd_enroll(args: argparse.Namespace, out) -> int:

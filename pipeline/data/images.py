@@ -6,7 +6,6 @@ Every failure raises :class:`ImageError` naming the file and the reason.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +122,3 @@ def load_face(path: str | os.PathLike[str], crop_fraction: float, size_px: int) 
     """Decode, crop and resize one face image to uint8 (size_px, size_px, 3)."""
     return center_crop_resize(decode_image(path), crop_fraction, size_px)
 
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes (used to detect duplicate enrolments)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

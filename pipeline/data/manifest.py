@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import DataError
+from pipeline.data import schemas
 from pipeline.data.images import IMAGE_SUFFIXES
-from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ REJECT_COLUMNS = ["image_path", "error"]
 
 
 def empty_rejects() -> pd.DataFrame:
-    """A rejects table with no rows (columns ``image_path``, ``error``)."""
-    return pd.DataFrame({"image_path": pd.Series(dtype="string"), "error": pd.Series(dtype="string")})
+    """A rejects table with no rows (`pipeline.data.schemas.REJECTS`: ``image_path``, ``error``)."""
+    return schemas.empty(schemas.REJECTS)
 
 
 def _is_image_name(name: str) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 PAIR_COLUMNS = ["fold", "name1", "idx1", "name2", "idx2", "same", "path1", "path2"]
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import backbone_spec, parse_backbone  # noqa: F401  (re-exported)
-from pipeline.errors import ConfigError, ModelArtifactError
+from pipeline.core.config import backbone_spec, parse_backbone  # noqa: F401  (re-exported)
+from pipeline.core.errors import ConfigError, ModelArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         backbone: a timm model name (``timm.list_models()``), e.g. ``resnet18``, ``test_resnet``.
         view: the central fraction of the input the encoder looks at (1 = all of it).
         pretrained: load the backbone's published weights through timm (needs the hub or its cache).
-        pretrained_file: load backbone weights from this local file (safetensors or a timm state dict)
+        pretrained_file: load backbone weights from this local safetensors file
             instead of the hub; implies ``pretrained``.
         head: ``gap`` (pooled features) or ``flatten`` (spatial feature map; needs ``input_px``).
         input_px: the square input size the ``flatten`` head is built for.

@@ -19,9 +19,9 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained, 0-step) model artefact: flows must equal the library whatever the model's quality."""
-    from pipeline.config import load_config
-    from pipeline.prepare import prepare_training
-    from pipeline.train import train
+    from pipeline.core.config import load_config
+    from pipeline.train.loop import train
+    from pipeline.train.prepare import prepare_training
 
     cfg = load_config(None, UNTRAINED)
     out = tmp_path_factory.mktemp("tiny") / "model"

@@ -22,7 +22,7 @@ from flow_testlib import UNTRAINED
 
 from flows.deploy import build_deployments, deployment_parameters
 from flows.settings import DEFAULT_CONFIG, load_settings
-from pipeline.registry import ModelRegistry
+from lifecycle.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from flow_testlib import gallery_and_probes, latest_artifacts
 
 from flows.enroll import enroll_flow
 from flows.lookup import lookup_flow
-from pipeline.gallery import identify_chunk, open_gallery, verify_chunk
+from pipeline.serve.gallery import identify_chunk, open_gallery, verify_chunk
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -17,10 +17,10 @@ from flows.lookup import lookup_flow
 from flows.retrain import retrain_flow
 from flows.rollback import rollback_flow
 from indexes import GalleryStore
-from pipeline.artifacts import load_model
-from pipeline.errors import DataError
-from pipeline.gallery import embed_for_enrolment, gallery_images, identify_chunk
-from pipeline.registry import ModelRegistry
+from lifecycle.registry import ModelRegistry
+from pipeline.core.errors import DataError
+from pipeline.model.artifacts import load_model
+from pipeline.serve.gallery import embed_for_enrolment, gallery_images, identify_chunk
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from gallery_testlib import MODEL, gallery, sha, unit_rows
 
-from indexes import GalleryStore, IndexConfig, ModelVersionMismatch, StoreCorrupt, StoreError, StoreLocked
+from indexes import (
+    GalleryStore,
+    IndexConfig,
+    ModelVersionMismatch,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+)
 from indexes.atomic import StoreLock
 
 HERE = Path(__file__).resolve().parent

@@ -6,9 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.artifacts import load_model, preprocessing_dict, read_model_meta, save_model
-from pipeline.errors import ModelArtifactError
+from pipeline.core.errors import ModelArtifactError
 from pipeline.model import build_encoder
+from pipeline.model.artifacts import (
+    load_model,
+    preprocessing_dict,
+    read_model_meta,
+    save_model,
+)
 
 
 def _save(tmp_path: Path, seed: int = 0) -> Path:

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.train import augment
+from pipeline.train.augment import augment
 
 
 def _faces(n: int = 16, px: int = 72) -> np.ndarray:

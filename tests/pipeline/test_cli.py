@@ -7,11 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.data.manifest import read_images
+from pipeline.model.artifacts import load_model
+from pipeline.model.embed import embed_table
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -70,13 +74,38 @@ def test_full_cli_round_trip(model_dir: Path, people: dict, tmp_path: Path, caps
     top1 = hits[hits["rank"] == 1]
     assert ((top1["decision"] == top1["identity"]) | (top1["decision"] == "unknown")).all()
 
-    assert main(["verify", "--index", str(index), "--probes", str(people["claims"]),
-                 "--out", str(tmp_path / "claims.parquet"), "--threshold", "-1.0", "-q"]) == 0
-    claims = pq.read_table(tmp_path / "claims.parquet").to_pandas()
+    # the claims' scores, computed apart from the CLI and the store: embed the claims and the gallery with the model,
+    # cosine in numpy (one gallery image per identity, so the store's max over templates is that one cosine)
+    model = load_model(model_dir)
+    gal_rows, gal_emb, _ = embed_table(model, read_images(people["gallery"]))
+    claim_rows, claim_emb, _ = embed_table(model, read_images(people["claims"]))
+    template = dict(zip(gal_rows["identity"], gal_emb.astype(np.float64)))
+    expected = {t: float(e @ template[sorted(template)[(sorted(template).index(c) + 1) % len(template)]]) for t, c, e in
+                zip(claim_rows["ticket"], claim_rows["claimed_identity"], claim_emb.astype(np.float64))}
+    # a threshold in the widest gap between the middle scores: both outcomes, none within float noise of it
+    ranked = np.sort(list(expected.values()))
+    i = len(ranked) // 4 + int(np.argmax(np.diff(ranked[len(ranked) // 4: len(ranked) - len(ranked) // 4])))
+    threshold = float((ranked[i] + ranked[i + 1]) / 2)
+    assert ranked[i + 1] - ranked[i] > 1e-4
+
+    def verify(t: float, out: Path) -> pd.DataFrame:
+        assert main(["verify", "--index", str(index), "--probes", str(people["claims"]), "--out", str(out),
+                     "--threshold", repr(t), "-q"]) == 0
+        return pq.read_table(out).to_pandas()
+
+    claims = verify(threshold, tmp_path / "claims.parquet")
     assert {"image_path", "claimed_identity", "score", "threshold", "match", "model_version"} <= set(claims.columns)
-    assert claims["match"].all() and (claims["threshold"] == -1.0).all()  # every score >= -1
     # the extra column comes back row for row; the row whose file does not exist is a reject, the rest went through
-    assert len(claims) == len(people["rest"]) and sorted(claims["ticket"]) == sorted(f"T{i}" for i in range(len(claims)))
+    assert len(claims) == len(people["rest"]) and sorted(claims["ticket"]) == sorted(expected)
+    np.testing.assert_allclose(claims["score"], claims["ticket"].map(expected), rtol=0, atol=1e-5)
+    assert claims["known"].all() and (claims["threshold"] == threshold).all()
+    assert claims["match"].tolist() == (claims["score"] >= threshold).tolist()
+    assert 0 < claims["match"].sum() < len(claims)  # both outcomes occur
+    # at a threshold equal to an observed score, that claim matches (score >= threshold, not >)
+    at = claims.iloc[int(np.argsort(claims["score"].to_numpy())[len(claims) // 2])]
+    again = verify(float(at["score"]), tmp_path / "claims_at.parquet").set_index("ticket")
+    assert again.loc[at["ticket"], "score"] == at["score"] and bool(again.loc[at["ticket"], "match"])
+    assert again["match"].tolist() == (again["score"] >= float(at["score"])).tolist()
     claim_rejects = pq.read_table(tmp_path / "claims.rejects.parquet").to_pandas()
     assert claim_rejects["image_path"].str.endswith("gone.jpg").tolist() == [True]
     assert "No such file" in claim_rejects["error"].iloc[0]

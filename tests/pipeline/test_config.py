@@ -1,11 +1,12 @@
 """The frozen config tree: TOML + overrides, typed, with errors that name the key."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, load_config, to_dict
-from pipeline.errors import ConfigError
+from pipeline.core.config import Config, load_config, to_dict
+from pipeline.core.errors import ConfigError
 
 
 def test_defaults_toml_and_overrides(tmp_path: Path) -> None:
@@ -18,8 +19,11 @@ def test_defaults_toml_and_overrides(tmp_path: Path) -> None:
     assert cfg.eval.target_fars == (0.001, 0.1)
     assert load_config() == Config()
     assert to_dict(cfg)["model"]["backbone"] == "resnet18"
-    with pytest.raises(Exception):
-        cfg.train.minutes = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'minutes'"):
+        cfg.train.minutes = 3  # frozen, at every level of the tree
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'train'"):
+        cfg.train = Config().train
+    assert cfg.train.minutes == 2.5
 
 
 @pytest.mark.parametrize("override,match", [

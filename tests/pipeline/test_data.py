@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data.faces import decode_faces
+from pipeline.core.errors import DataError, ImageError
+from pipeline.data.image_batch import decode_faces
 from pipeline.data.images import MAX_PIXELS, decode_image, load_face
 from pipeline.data.manifest import read_images, read_manifest, scan_folder
 from pipeline.data.pairs import parse_pairs
 from pipeline.data.splits import split_by_pairs
-from pipeline.errors import DataError, ImageError
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:

@@ -1,5 +1,6 @@
 """The Siamese encoder: one parameter set shared by both branches; unit-norm embeddings."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -7,8 +8,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.errors import ConfigError, ModelArtifactError
-from pipeline.model import SiameseEncoder, build_encoder, cosine_similarity, euclidean_distance
+from pipeline.core.errors import ConfigError, ModelArtifactError
+from pipeline.model import (
+    SiameseEncoder,
+    build_encoder,
+    cosine_similarity,
+    euclidean_distance,
+)
 
 
 @pytest.fixture()
@@ -27,23 +33,123 @@ def test_forward_returns_two_unit_embeddings(encoder: SiameseEncoder) -> None:
     torch.testing.assert_close(e2, encoder.embed(x2), atol=1e-5, rtol=1e-5)
 
 
-def test_one_parameter_set_and_gradients_from_both_branches(encoder: SiameseEncoder) -> None:
-    # exactly one copy of every weight: parameters are not duplicated per branch
-    ids = [id(p) for p in encoder.parameters()]
-    assert len(ids) == len(set(ids))
-    n_backbone = sum(p.numel() for p in encoder.backbone.parameters())
-    n_head = sum(p.numel() for p in encoder.head.parameters())
-    assert sum(p.numel() for p in encoder.parameters()) == n_backbone + n_head
+def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
 
-    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+
+def _grads(encoder: torch.nn.Module, loss_of) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor | None]]:
+    """Input and parameter gradients of ``loss_of(e1, e2)`` for one Siamese forward (eval mode: no batch
+    statistics, so a branch's output depends on its own input only)."""
+    x1, x2 = (x.requires_grad_() for x in _pair())
+    encoder.zero_grad(set_to_none=True)
+    loss_of(*encoder(x1, x2)).backward()
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in encoder.named_parameters()}
+    encoder.zero_grad(set_to_none=True)
+    return x1.grad, x2.grad, grads
+
+
+def check_branch2_gradients_reach_branch1_weights(encoder: torch.nn.Module) -> None:
+    w = torch.randn(encoder.embedding_dim, generator=torch.Generator().manual_seed(1))
+    gx1, gx2, from_2 = _grads(encoder, lambda e1, e2: (e2 @ w).sum())  # a loss of branch 2 only
+    assert gx1 is None or not gx1.any(), "the loss must depend on branch 2 only"
+    assert gx2.abs().sum() > 0
+    _, _, from_1 = _grads(encoder, lambda e1, e2: (e1 @ w).sum())  # the same loss on branch 1 only
+
+    def used(grads: dict[str, torch.Tensor | None]) -> set[str]:
+        return {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+
+    # branch 2's loss trains exactly the weights branch 1 uses (timm zero-inits each block's last BN scale,
+    # so a few convs get no gradient at init from either branch: most weights, incl. both ends, do)
+    assert used(from_2) == used(from_1)
+    assert {"head.0.weight", next(iter(from_1))} <= used(from_1) and len(used(from_1)) > len(from_1) // 2
+    # ... with exactly the gradient of the single shared path (embed) applied to branch 2's input
+    x2 = _pair()[1]
+    encoder.zero_grad(set_to_none=True)
+    (encoder.embed(x2) @ w).sum().backward()
+    for name, p in encoder.named_parameters():
+        expected = torch.zeros_like(p) if p.grad is None else p.grad
+        got = torch.zeros_like(p) if from_2[name] is None else from_2[name]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4, msg=name)
+    encoder.zero_grad(set_to_none=True)
+
+
+def check_same_input_same_output(encoder: torch.nn.Module) -> None:
+    x, y = _pair()
+    e1, e2 = encoder(x, x)
+    torch.testing.assert_close(e1, e2, atol=1e-6, rtol=1e-6)
+    a1, a2 = encoder(x, y)
+    b1, b2 = encoder(y, x)  # swapping the inputs swaps the outputs
+    torch.testing.assert_close(a1, b2, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a2, b1, atol=1e-6, rtol=1e-6)
+
+
+def check_perturbing_a_weight_moves_both_branches(encoder: torch.nn.Module) -> None:
+    x, y = _pair()
+    for p in (next(encoder.backbone.parameters()), encoder.head[0].weight):  # a backbone and a head weight
+        before = encoder(x, y)
+        saved = p.detach().clone()
+        with torch.no_grad():
+            p.add_(0.5 * torch.randn_like(p))
+        try:
+            after = encoder(x, y)
+            same = encoder(x, x)
+        finally:
+            with torch.no_grad():
+                p.copy_(saved)
+        for b, a in zip(before, after):
+            assert (b - a).abs().max() > 1e-3  # the perturbed weight is in branch 1 AND branch 2
+        torch.testing.assert_close(same[0], same[1], atol=1e-6, rtol=1e-6)
+
+
+def check_one_backbone_in_state_dict(encoder: torch.nn.Module) -> None:
+    # the reference: a plain timm backbone (as build_encoder makes it) + the head, nothing else
+    reference = set(timm.create_model("test_resnet", num_classes=0).state_dict())
+    keys = set(encoder.state_dict())
+    assert keys == {f"backbone.{k}" for k in reference} | {f"head.{k}" for k in encoder.head.state_dict()}
+    n_ref = sum(p.numel() for p in timm.create_model("test_resnet", num_classes=0).parameters())
+    assert sum(p.numel() for p in encoder.parameters()) == n_ref + sum(p.numel() for p in encoder.head.parameters())
+
+
+SIAMESE_CHECKS = [check_branch2_gradients_reach_branch1_weights, check_same_input_same_output,
+                  check_perturbing_a_weight_moves_both_branches, check_one_backbone_in_state_dict]
+
+
+@pytest.mark.parametrize("check", SIAMESE_CHECKS, ids=lambda c: c.__name__)
+def test_both_branches_share_one_parameter_set(encoder: SiameseEncoder, check) -> None:
+    check(encoder)
+
+
+class _TwoTowers(SiameseEncoder):
+    """NOT Siamese: branch 2 runs its own copy of the weights. Every check above must reject it."""
+
+    def __init__(self, base: SiameseEncoder, twin: SiameseEncoder) -> None:
+        super().__init__(base.backbone, 1, base.embedding_dim)
+        self.head = base.head
+        self.backbone2, self.head2 = twin.backbone, twin.head
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None):
+        if x2 is None:
+            return self.embed(x1)
+        return self.embed(x1), torch.nn.functional.normalize(self.head2(self.backbone2(x2)), dim=1)
+
+
+@pytest.mark.parametrize("check", SIAMESE_CHECKS, ids=lambda c: c.__name__)
+def test_the_checks_reject_two_towers(encoder: SiameseEncoder, check) -> None:
+    # an identical copy defeats output comparisons, so that check gets an independently initialised twin
+    twin = build_encoder("test_resnet", 16) if check is check_same_input_same_output else copy.deepcopy(encoder)
+    with pytest.raises(AssertionError):
+        check(_TwoTowers(encoder, twin).eval())
+
+
+def test_gradients_from_both_branches_accumulate(encoder: SiameseEncoder) -> None:
+    x1, x2 = _pair()
     w = encoder.head[0].weight
     grads = []
     for use in ("first", "second", "both"):
         encoder.zero_grad()
         e1, e2 = encoder(x1, x2)
-        loss = (e1.sum() if use == "first" else 0) + (e2.sum() if use == "second" else 0)
-        if use == "both":
-            loss = e1.sum() + e2.sum()
+        loss = {"first": e1.sum(), "second": e2.sum(), "both": e1.sum() + e2.sum()}[use]
         loss.backward()
         grads.append(w.grad.clone())
     g1, g2, g12 = grads

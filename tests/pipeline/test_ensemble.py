@@ -6,10 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import load_model, preprocessing_dict, read_model_meta, save_model
-from pipeline.config import backbone_spec, load_config, member_shares, parse_backbone
-from pipeline.errors import ConfigError
-from pipeline.model.encoder import EnsembleEncoder, build_encoder, build_model, center_view
+from pipeline.core.config import (
+    backbone_spec,
+    load_config,
+    member_shares,
+    parse_backbone,
+)
+from pipeline.core.errors import ConfigError
+from pipeline.model.artifacts import (
+    load_model,
+    preprocessing_dict,
+    read_model_meta,
+    save_model,
+)
+from pipeline.model.encoder import (
+    EnsembleEncoder,
+    build_encoder,
+    build_model,
+    center_view,
+)
 
 
 def test_spec_parses_members_and_views_and_round_trips() -> None:
@@ -94,8 +109,8 @@ FAST = ["model.channels_last=false", "train.ema_decay=0.99", "data.image_size_px
 @pytest.mark.realdata
 def test_members_train_in_turn_with_their_own_seeds_and_resume_skips_finished_ones(real_subset: Path,
                                                                                    tmp_path: Path) -> None:
-    from pipeline.prepare import prepare_training
-    from pipeline.train import train
+    from pipeline.train.loop import train
+    from pipeline.train.prepare import prepare_training
 
     cfg = load_config(None, FAST + ["model.backbone=test_resnet+test_resnet@0.75", "train.minutes=0.6",
                                     "train.member_shares=2,1"])
@@ -125,8 +140,8 @@ def test_members_train_in_turn_with_their_own_seeds_and_resume_skips_finished_on
 
 @pytest.mark.realdata
 def test_member_i_starts_from_seed_plus_i(real_subset: Path, tmp_path: Path) -> None:
-    from pipeline.prepare import prepare_training
-    from pipeline.train import train
+    from pipeline.train.loop import train
+    from pipeline.train.prepare import prepare_training
 
     cfg = load_config(None, FAST + ["model.backbone=test_resnet+test_resnet", "train.member_shares=",
                                     "train.max_steps=1", "train.lr=1e-12", "train.seed=5"])
@@ -142,8 +157,8 @@ def test_member_i_starts_from_seed_plus_i(real_subset: Path, tmp_path: Path) -> 
 
 @pytest.mark.realdata
 def test_ctrl_c_in_an_early_member_keeps_the_members_trained_so_far(real_subset: Path, tmp_path: Path) -> None:
-    from pipeline.prepare import prepare_training
-    from pipeline.train import train
+    from pipeline.train.loop import train
+    from pipeline.train.prepare import prepare_training
 
     cfg = load_config(None, FAST + ["model.backbone=test_resnet@0.75+test_resnet", "train.member_shares=",
                                     "train.minutes=0.5"])

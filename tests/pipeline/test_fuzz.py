@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline.core.errors import DataError, ImageError
 from pipeline.data.images import decode_image
 from pipeline.data.manifest import read_manifest
-from pipeline.errors import DataError, ImageError
 
 
 def _seed_images() -> list[bytes]:

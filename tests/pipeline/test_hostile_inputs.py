@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.faces import decode_table
+from pipeline.core.errors import ImageError
+from pipeline.data.image_batch import decode_table
 from pipeline.data.images import decode_image
 from pipeline.data.manifest import read_images, read_manifest
-from pipeline.errors import ImageError
 
 
 def _png_with_bad_crc(path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.core.errors import DataError
 from pipeline.data.lfw import fetch_lfw, resolve_data_dir
-from pipeline.errors import DataError
 
 
 @pytest.fixture()

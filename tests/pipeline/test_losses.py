@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, TripletLoss, WeightedSumLoss, contrastive_pair_loss
+from pipeline.train.losses import (
+    ContrastiveLoss,
+    MarginSoftmaxLoss,
+    TripletLoss,
+    WeightedSumLoss,
+    contrastive_pair_loss,
+)
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -107,7 +113,7 @@ def test_weighted_sum_is_the_weighted_sum_of_its_parts() -> None:
 
 
 def test_multi_similarity_matches_a_hand_loop() -> None:
-    from pipeline.losses import MultiSimilarityLoss
+    from pipeline.train.losses import MultiSimilarityLoss
 
     torch.manual_seed(3)
     e = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)
@@ -130,8 +136,86 @@ def test_multi_similarity_matches_a_hand_loop() -> None:
 
 
 def test_multi_similarity_is_selectable_in_the_config() -> None:
-    from pipeline.config import load_config
-    from pipeline.losses import MultiSimilarityLoss
-    from pipeline.train import build_loss
+    from pipeline.core.config import load_config
+    from pipeline.train.losses import MultiSimilarityLoss
+    from pipeline.train.recipe import build_loss
 
     assert isinstance(build_loss(load_config(None, ["loss.name=multi-similarity"]), 10), MultiSimilarityLoss)
+
+
+# --- multi-similarity against pytorch-metric-learning (an independent implementation) -----------------------
+# How the two are defined:
+# * PML splits the paper's method in two: MultiSimilarityMiner(epsilon) picks the pairs (negative n of anchor a
+#   kept when S[a, n] + eps > min_p S[a, p], positive p when S[a, p] - eps < max_n S[a, n]; strict, like ours),
+#   MultiSimilarityLoss(alpha, beta, base) weighs the pairs it is given (all pairs without a miner) and averages
+#   over all B anchors (an anchor with no pair gives 0). Ours does both in one module: loss + miner = ours.
+# * Ours with eps >= 2 keeps every pair (cosines lie in [-1, 1]) of every anchor that has a positive: then it is
+#   PML's loss without a miner, when every anchor has a positive. An anchor without one (a single-image identity)
+#   keeps nothing in ours (nor in PML's miner: no hardest positive to compare with), but PML's unmined loss still
+#   pushes its negatives away. So that comparison runs on P x K batches only.
+# Where they differ (not asserted):
+# * PML normalises the embeddings itself (CosineSimilarity); ours expects unit vectors. We compare on unit vectors.
+# * PML's GenericPairLoss returns 0 whenever every mined index list has <= 1 entry (e.g. one positive and one
+#   negative pair mined in the whole batch); ours returns the loss of those pairs. The batches below mine many.
+from pytorch_metric_learning import losses as pml_losses  # noqa: E402
+from pytorch_metric_learning import miners as pml_miners  # noqa: E402
+
+from pipeline.train.losses import MultiSimilarityLoss  # noqa: E402
+
+
+def _batch(seed: int, labels: list[int], dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (not unit) embeddings: a random centre per identity + noise, so that some pairs are easy (the
+    miner drops them) and some are hard."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor(labels)
+    centres = torch.randn(int(y.max()) + 1, dim, generator=g, dtype=torch.float64)
+    return centres[y] + 0.7 * torch.randn(len(labels), dim, generator=g, dtype=torch.float64), y
+
+
+def _loss_and_grad(loss_of, raw: torch.Tensor) -> tuple[float, torch.Tensor]:
+    x = raw.clone().requires_grad_()
+    loss = loss_of(F.normalize(x, dim=1))
+    loss.backward()
+    return loss.item(), x.grad
+
+
+# P x K batches, one with single-image identities (anchors without a positive) and uneven K
+LABELS = [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3], [0, 0, 1, 1, 1, 2, 3, 4, 4, 5]]
+
+
+@pytest.mark.parametrize("alpha,beta,base,eps", [(2.0, 50.0, 0.5, 0.1), (1.0, 10.0, 0.2, 0.3), (4.0, 30.0, 0.0, 0.05)])
+@pytest.mark.parametrize("labels", LABELS, ids=["4x2", "4x3", "singletons"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multi_similarity_equals_pml_loss_with_its_miner(alpha: float, beta: float, base: float, eps: float,
+                                                         labels: list[int], seed: int) -> None:
+    raw, y = _batch(seed, labels)
+    miner = pml_miners.MultiSimilarityMiner(epsilon=eps)
+    pml = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    a1, p, a2, n = miner(F.normalize(raw, dim=1), y)
+    # the miner really selects (some pairs dropped) and enough pairs that PML's "<= 1 pair" shortcut is not hit
+    n_pos, n_neg = int((y[:, None] == y[None, :]).sum()) - len(y), int((y[:, None] != y[None, :]).sum())
+    assert len(a1) + len(a2) < n_pos + n_neg and max(len(a1), len(a2)) > 1
+    want, want_grad = _loss_and_grad(lambda e: pml(e, y, miner(e, y)), raw)
+    got, got_grad = _loss_and_grad(lambda e: MultiSimilarityLoss(alpha, beta, base, eps)(e, y), raw)
+    assert want > 0
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-7, atol=1e-10)  # same pairs, same weights
+
+
+@pytest.mark.parametrize("labels", LABELS[:2], ids=["4x2", "4x3"])
+def test_multi_similarity_without_mining_equals_pml_loss_alone(labels: list[int]) -> None:
+    raw, y = _batch(7, labels)
+    want, want_grad = _loss_and_grad(lambda e: pml_losses.MultiSimilarityLoss(2.0, 50.0, 0.5)(e, y), raw)
+    got, got_grad = _loss_and_grad(lambda e: MultiSimilarityLoss(2.0, 50.0, 0.5, eps=2.5)(e, y), raw)
+    assert got == pytest.approx(want, rel=1e-9)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-7, atol=1e-10)
+    # and mining changes the value here, so the mined comparison above is not the unmined one in disguise
+    assert MultiSimilarityLoss(2.0, 50.0, 0.5, eps=0.1)(F.normalize(raw, dim=1), y).item() != pytest.approx(want)
+
+
+def test_multi_similarity_is_zero_like_pml_when_nothing_can_be_mined() -> None:
+    e = F.normalize(torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=1)
+    for y in (torch.zeros(6, dtype=torch.long), torch.arange(6)):  # no negatives / no positives at all
+        miner = pml_miners.MultiSimilarityMiner(0.1)
+        assert pml_losses.MultiSimilarityLoss()(e, y, miner(e, y)).item() == 0.0
+        assert MultiSimilarityLoss()(e, y).item() == 0.0

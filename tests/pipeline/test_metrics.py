@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from pipeline.evaluate.metrics import (
     best_accuracy_threshold,
     equal_error_rate,
     kfold_accuracy,
@@ -107,7 +107,7 @@ def test_report_and_input_errors() -> None:
 
 
 def test_ten_subfolds_cuts_each_protocol_fold_into_balanced_parts() -> None:
-    from pipeline.evaluation import ten_subfolds
+    from pipeline.evaluate.protocol import ten_subfolds
 
     # 2 protocol folds of 600 pairs (300 genuine, 300 impostor), genuine and impostor interleaved
     fold = np.repeat([6, 7], 600)
@@ -126,7 +126,7 @@ def test_ten_subfolds_cuts_each_protocol_fold_into_balanced_parts() -> None:
 
 
 def test_ten_subfolds_refuses_counts_that_do_not_divide_ten() -> None:
-    from pipeline.evaluation import ten_subfolds
+    from pipeline.evaluate.protocol import ten_subfolds
 
     same = np.tile(np.array([True, False]), 30)
     assert ten_subfolds(np.repeat([1, 2, 3], 20), same) is None  # 3 folds: 10 % 3 != 0

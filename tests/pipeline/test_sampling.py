@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.sampling import PKSampler
+from pipeline.train.sampling import PKSampler
 
 
 def test_every_batch_is_p_identities_times_k_images() -> None:

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import load_model
-from pipeline.config import load_config
-from pipeline.embed import embed_array
-from pipeline.evaluation import evaluate_embeddings
-from pipeline.prepare import prepare_training
-from pipeline.train import train
+from pipeline.core.config import load_config
+from pipeline.evaluate.protocol import evaluate_embeddings
+from pipeline.model.artifacts import load_model
+from pipeline.model.embed import embed_array
+from pipeline.train.loop import train
+from pipeline.train.prepare import prepare_training
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_val_from_train_keeps_dev_people_out(data_dir: Path) -> None:
     """``data.val_source=train``: the val folds' people train, validation is a slice of train people,
     and no dev-fold person is in either."""
     from pipeline.data.pairs import pair_people, parse_pairs
-    from pipeline.prepare import load_split
+    from pipeline.train.prepare import load_split
 
     pairs = parse_pairs(data_dir / "lfw_pairs_dev.txt")
     folds_cfg = load_config(None, [])

@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import LoadedModel
-from pipeline.data.faces import decode_table
+from pipeline.data.image_batch import decode_table
 from pipeline.data.manifest import empty_rejects
+from pipeline.model.artifacts import LoadedModel
 from pipeline.model.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -111,19 +110,6 @@ def embeddings_table(rows: pd.DataFrame, embeddings: np.ndarray, model_version: 
     })
 
 
-def write_parquet_atomic(table: pa.Table | pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write Parquet via a temp file + ``os.replace``: readers never see a half-written file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    t = table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
-    try:
-        pq.write_table(t, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p
 
 
 def read_embeddings(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, np.ndarray]:

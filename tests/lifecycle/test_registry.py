@@ -1,4 +1,4 @@
-"""The model registry (pipeline/registry.py): versions, the atomic pointer, rollback, pruning, the gate."""
+"""The model registry (lifecycle/registry.py): versions, the atomic pointer, rollback, pruning, the gate."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import compute_model_version, preprocessing_dict
-from pipeline.promotion import decide, metric_value
-from pipeline.registry import ModelRegistry, Pair, RegistryError
+from lifecycle.promotion import PromotionError, decide, metric_value
+from lifecycle.registry import ModelRegistry, Pair, RegistryError
+from pipeline.model.artifacts import compute_model_version, preprocessing_dict
 
 
 def fake_model(root: Path, seed: int) -> Path:
@@ -161,9 +161,9 @@ def test_the_gate_needs_more_than_the_margin() -> None:
     leaked = decide(pairs_metrics(0.99), pairs_metrics(0.5), "auc", 0.0, candidate_trained_on=3)
     assert leaked["verdict"] == "reject" and "trained on 3" in leaked["reason"]
     assert metric_value(pairs_metrics(0.8), "tar@far=1e-3") == 0.4
-    with pytest.raises(RegistryError, match="valid"):
+    with pytest.raises(PromotionError, match="valid"):
         metric_value(pairs_metrics(0.8), "tar@far=0.5")
-    with pytest.raises(RegistryError, match="not one of"):
+    with pytest.raises(PromotionError, match="not one of"):
         decide(pairs_metrics(0.8), None, "f1", 0.0)
-    with pytest.raises(RegistryError, match=">= 0"):
+    with pytest.raises(PromotionError, match=">= 0"):
         decide(pairs_metrics(0.8), None, "auc", -0.1)

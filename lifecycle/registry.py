@@ -17,7 +17,7 @@ so a reader sees the old pair or the new pair, never a model with another model'
 models are built completely before the switch; old pairs stay on disk for rollback until pruned.
 Writers hold LOCK exclusively; enrolment commits hold it shared, so a switch (which runs a catch-up
 hook under the exclusive lock) never misses an image enrolled into the old store while it was built.
-Standard library only (plus ``pipeline.artifacts`` to check model.json): no torch work, no prefect.
+Standard library only (plus ``pipeline.model.artifacts`` to check model.json): no torch work, no prefect.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,8 +35,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FacepipeError
-from pipeline.fsutil import fsync_dir, write_bytes_atomic
+from indexes.errors import StoreLocked
+from pipeline.core.errors import FacepipeError
+from pipeline.core.io import FileLock, fsync_dir, utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,6 @@ class Pointer:
 
 
 SwitchHook = Callable[[Pair | None, Pair], None]
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    write_bytes_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"), durable_dir=True)
 
 
 class ModelRegistry:
@@ -180,22 +172,19 @@ class ModelRegistry:
     # ----------------------------------------------------------------- locking and logging
     @contextmanager
     def _lock(self, mode: int) -> Iterator[None]:
-        fd, deadline = os.open(self.root / LOCK, os.O_RDWR), time.monotonic() + self.lock_timeout_s
+        lock = FileLock(self.root / LOCK, self.lock_timeout_s, shared=mode == fcntl.LOCK_SH, poll_s=0.05,
+                        what=f"registry {self.root}")
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"registry {self.root} is locked by another writer for more than "
-                                            f"{self.lock_timeout_s:.0f} s; retry later") from None
-                    time.sleep(0.05)
+            lock.acquire()
+        except StoreLocked as exc:
+            raise RegistryError(f"registry {self.root} is locked by another writer for more than "
+                                f"{self.lock_timeout_s:.0f} s; retry later") from exc
+        try:
             if mode == fcntl.LOCK_EX:
                 self._repair()
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            lock.release()
 
     @contextmanager
     def shared(self) -> Iterator[Pair]:
@@ -230,7 +219,7 @@ class ModelRegistry:
                           store=cur.store, reason=cur.reason, recovered=True)
                 done.append(f"switch {cur.model_version}")
             if self._entry_path(cur.model_version).is_file() and "promoted_at" not in (e := self.entry(cur.model_version)):
-                _write_json_atomic(self._entry_path(cur.model_version), {**e, "promoted_at": cur.switched_at})
+                write_json_atomic(self._entry_path(cur.model_version), {**e, "promoted_at": cur.switched_at})
                 done.append(f"promoted_at {cur.model_version}")
         if done:
             log.warning("registry %s: finished an interrupted write: %s", self.root, done)
@@ -255,7 +244,9 @@ class ModelRegistry:
 
     def register_model(self, model_dir: str | os.PathLike[str], *, source: str = "") -> str:
         """Copy a model artefact into models/<model_version>/ (atomically) -> its version. Idempotent."""
-        from pipeline.artifacts import read_model_meta  # checks model.json and its content hash
+        from pipeline.model.artifacts import (
+            read_model_meta,  # checks model.json and its content hash
+        )
 
         src = Path(model_dir)
         version = str((meta := read_model_meta(src))["model_version"])
@@ -271,7 +262,7 @@ class ModelRegistry:
                 os.rename(tmp, dest)
                 fsync_dir(dest.parent)
             if not self._entry_path(version).is_file():
-                _write_json_atomic(self._entry_path(version), {
+                write_json_atomic(self._entry_path(version), {
                     "model_version": version, "registered_at": utc_now(), "source": source or str(src),
                     "created_at": meta.get("created_at"), "training_metrics": meta.get("metrics", {}), "evaluations": []})
                 self._log("register", model_version=version, source=source or str(src))
@@ -286,7 +277,7 @@ class ModelRegistry:
             e["evaluations"] = [*e.get("evaluations", []), {"at": utc_now(), **evaluation}][-20:]
             if decision is not None:
                 e["decision"] = {"at": utc_now(), **decision}
-            _write_json_atomic(self._entry_path(model_version), e)
+            write_json_atomic(self._entry_path(model_version), e)
             self._log("evaluate", model_version=model_version, **(decision or {}))
 
     def add_store(self, staged: Path, model_version: str) -> str:
@@ -315,8 +306,8 @@ class ModelRegistry:
                 before_commit(None if old is None else old.current, new)
             previous = () if old is None else (old.current, *old.previous)
             ptr = Pointer(new, tuple(p for p in previous if (p.model_version, p.store) != (model_version, store_id)))
-            _write_json_atomic(self.root / POINTER, ptr.to_dict())
-            _write_json_atomic(self._entry_path(model_version), {**self.entry(model_version),
+            write_json_atomic(self.root / POINTER, ptr.to_dict())
+            write_json_atomic(self._entry_path(model_version), {**self.entry(model_version),
                                                                  "promoted_at": new.switched_at})
             self._log("promote", model_version=model_version, store=store_id, reason=reason,
                       replaced=None if old is None else asdict(old.current))
@@ -336,7 +327,7 @@ class ModelRegistry:
             if before_commit is not None:
                 before_commit(old.current, new)
             ptr = Pointer(new, old.previous[1:])
-            _write_json_atomic(self.root / POINTER, ptr.to_dict())
+            write_json_atomic(self.root / POINTER, ptr.to_dict())
             self._log("rollback", model_version=new.model_version, store=new.store, reason=reason,
                       replaced=asdict(old.current))
         return ptr
@@ -352,7 +343,7 @@ class ModelRegistry:
             ptr = self.pointer()
             if ptr is not None and len(ptr.previous) > keep:
                 ptr = Pointer(ptr.current, ptr.previous[:keep])
-                _write_json_atomic(self.root / POINTER, ptr.to_dict())
+                write_json_atomic(self.root / POINTER, ptr.to_dict())
             pairs = [] if ptr is None else [ptr.current, *ptr.previous]
             live_models, live_stores = {p.model_version for p in pairs}, {p.store for p in pairs}
             for path in sorted((self.root / "stores").iterdir()):

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.data.faces import decode_faces
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.data.image_batch import decode_faces
 from pipeline.data.manifest import read_images
 from pipeline.data.pairs import parse_pairs
 from pipeline.data.splits import Split, make_pairs, split_by_pairs, split_random
-from pipeline.errors import DataError
-from pipeline.evaluation import EvalSet, build_eval_set
+from pipeline.evaluate.evalset import EvalSet, build_eval_set
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ AUGMENT_MARGIN = 1.125
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Decoded training faces (uint8 (N, L, L, 3), L >= input size), int64 labels, and the validation set."""
+    """Decoded training faces (uint8 (N, L, L, 3), L >= input size), int64 labels (-1: no identity, used for
+    distillation only), the validation set, and optionally teacher embeddings float32 (N, Dt) row-aligned with
+    ``images`` with the teacher's description (name, version, files and their sha256, licence)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -34,6 +37,8 @@ class TrainingData:
     split: Split
     table: pd.DataFrame
     rejects: pd.DataFrame
+    teacher: np.ndarray | None = None
+    teacher_info: dict[str, Any] | None = None
 
 
 def val_from_train(table: pd.DataFrame, split: Split, fraction: float, seed: int) -> Split:
@@ -94,10 +99,3 @@ def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Confi
     log.info("training faces: %d images of %d people (%d rejected); val: %d images", len(labels), len(class_names),
              len(rejects), len(val.images))
     return TrainingData(faces.images, labels, class_names, val, split, table, rejects)
-
-
-def prepare_dev(table: pd.DataFrame, split: Split, cfg: Config) -> EvalSet | None:
-    """The dev (test) set: people of the dev folds, never trained on; None without a pairs file."""
-    if not split.dev:
-        return None
-    return build_eval_set("dev", table, split.dev, split.dev_pairs, cfg.data.crop_fraction, cfg.data.image_size_px)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,9 +20,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import ConfigError, ModelArtifactError
-from pipeline.fsutil import write_bytes_atomic
-from pipeline.model.encoder import INPUT_MEAN, INPUT_STD, Encoder, build_model, parse_backbone
+from pipeline.core.errors import ConfigError, ModelArtifactError
+from pipeline.core.io import atomic_path, file_digest, write_bytes_atomic
+from pipeline.model.encoder import (
+    INPUT_MEAN,
+    INPUT_STD,
+    Encoder,
+    build_model,
+    parse_backbone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +59,6 @@ class LoadedModel:
         return float(self.meta["default_threshold"])
 
 
-def sha256_bytes_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compute_model_version(weights_sha256: str, backbone: str, embedding_dim: int, preprocessing: dict[str, Any]) -> str:
@@ -80,15 +79,9 @@ def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": FORMAT})
-        weights_sha = sha256_bytes_of(Path(tmp))
-        os.replace(tmp, out / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        weights_sha = file_digest(tmp)
     key = f"far={default_far:g}"
     if key not in thresholds:
         raise ModelArtifactError(f"no calibrated threshold for the default FAR {default_far:g}; have {sorted(thresholds)}")
@@ -107,6 +100,8 @@ def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: s
         "metrics": metrics,
         "config": config,
         "training": training or {},
+        # the frozen model it was distilled from (name, version, files + sha256, licence), or None
+        "teacher": (training or {}).get("teacher"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
@@ -151,7 +146,7 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Loa
     weights = d / WEIGHTS
     if not weights.is_file():
         raise ModelArtifactError(f"{d}: {WEIGHTS} is missing")
-    actual = sha256_bytes_of(weights)
+    actual = file_digest(weights)
     if actual != meta["weights_sha256"]:
         raise ModelArtifactError(f"{weights}: sha256 {actual[:12]}... does not match model.json "
                                  f"({meta['weights_sha256'][:12]}...): weights were replaced or corrupted")

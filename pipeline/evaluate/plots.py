@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.metrics import roc_curve  # noqa: E402
+from pipeline.evaluate.metrics import all_pair_scores, roc_curve  # noqa: E402
+from pipeline.evaluate.protocol import ModelEvaluation  # noqa: E402
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str],
@@ -58,3 +59,15 @@ def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, path: str | os.
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+def write_evaluation_plots(ev: ModelEvaluation, roc_path: str | os.PathLike[str], scores_path: str | os.PathLike[str],
+                           *, default_far: float, label: str = "") -> tuple[Path, Path]:
+    """The report's two figures for an evaluated model: ROC/DET of the protocol pairs and of all image pairs,
+    and the genuine vs impostor score histograms with the model's threshold."""
+    all_s, all_l = all_pair_scores(ev.embeddings, ev.eval_set.identities)
+    prefix = f"{label} " if label else ""
+    roc = plot_roc({f"{prefix}pairs": (ev.pair_scores, ev.eval_set.same), f"{prefix}all pairs": (all_s, all_l)},
+                   roc_path, threshold_far=default_far)
+    hist = plot_score_histogram(all_s, all_l, scores_path, float(ev.metrics["threshold"]))
+    return roc, hist

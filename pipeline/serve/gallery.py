@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from indexes import GalleryStore
-from pipeline.artifacts import LoadedModel, load_model
-from pipeline.data.images import sha256_file
+from pipeline.core.errors import DataError
+from pipeline.core.io import atomic_path, file_digest, write_parquet_atomic
+from pipeline.data import schemas
 from pipeline.data.manifest import empty_rejects, read_images
-from pipeline.embed import iter_embed_table, read_embeddings, write_parquet_atomic
-from pipeline.errors import DataError
-from pipeline.registry import ANY, ModelRegistry, Pair, Pointer
+from pipeline.model.artifacts import LoadedModel, load_model
+from pipeline.model.embed import iter_embed_table, read_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class EnrolBatch:
 
 def _sha_or_none(path: object) -> str | None:
     try:
-        return sha256_file(str(path))
+        return file_digest(str(path))
     except (OSError, TypeError):
         return None  # decoding reports the reason as a reject
 
@@ -123,7 +123,7 @@ def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: C
     rows = rows.drop(columns=["expected_sha256"], errors="ignore")
     missing_sha = rows["image_sha256"].isna()
     if missing_sha.any():  # decoded now although unreadable a moment ago: hash again
-        rows.loc[missing_sha, "image_sha256"] = [sha256_file(p) for p in rows.loc[missing_sha, "abs_path"]]
+        rows.loc[missing_sha, "image_sha256"] = [file_digest(p) for p in rows.loc[missing_sha, "abs_path"]]
     return EnrolBatch(rows, emb, rejects, model.model_version, skipped=int(known.sum()))
 
 
@@ -136,7 +136,7 @@ def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
     """
     rows, rejects = batch.rows, batch.rejects
     if rows.empty:
-        return ChunkResult(pd.DataFrame(columns=["row_id", "identity", "image_path", "image_sha256"]), rejects)
+        return ChunkResult(schemas.empty(schemas.ENROLLED), rejects)
     res = store.enroll(batch.embeddings, rows["identity"].astype(str).tolist(), rows["abs_path"].astype(str).tolist(),
                        rows["image_sha256"].astype(str).tolist(), model_version=batch.model_version)
     dup = res.duplicates
@@ -148,7 +148,7 @@ def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
                       for s, r, i in zip(dup["image_sha256"], dup["existing_row_id"], dup["existing_identity"])],
         })
         rejects = pd.concat([rejects, dup_rejects], ignore_index=True)
-    return ChunkResult(res.added, rejects)
+    return ChunkResult(schemas.conform(res.added, schemas.ENROLLED), schemas.conform(rejects, schemas.REJECTS))
 
 
 def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame) -> ChunkResult:
@@ -164,13 +164,12 @@ def identify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame,
     """
     rows, emb, rejects = _embed(model, table)
     if rows.empty:
-        return ChunkResult(pd.DataFrame(columns=["image_path", "rank", "identity", "score", "decision",
-                                                 "model_version"]), rejects)
+        return ChunkResult(schemas.empty(schemas.IDENTIFY), schemas.conform(rejects, schemas.REJECTS))
     res = store.identify(emb, model_version=model.model_version, top_k=top_k, threshold=threshold)
     res.insert(0, "image_path", rows["image_path"].to_numpy()[res["query_index"].to_numpy()])
     res = res.drop(columns=["query_index"])
     res["model_version"] = model.model_version
-    return ChunkResult(res, rejects)
+    return ChunkResult(schemas.conform(res, schemas.IDENTIFY), schemas.conform(rejects, schemas.REJECTS))
 
 
 def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *,
@@ -183,8 +182,8 @@ def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *
         raise DataError(f"verify probes need a 'claimed_identity' column; found {list(table.columns)}")
     rows, emb, rejects = _embed(model, table)
     if rows.empty:
-        return ChunkResult(pd.DataFrame(columns=["image_path", "claimed_identity", "score", "threshold", "match"]),
-                           rejects)
+        return ChunkResult(schemas.conform(rows.drop(columns=["abs_path", "model_version", "embedding"], errors="ignore"),
+                                           schemas.VERIFY), schemas.conform(rejects, schemas.REJECTS))
     res = store.verify(emb, rows["claimed_identity"].astype(str).tolist(), model_version=model.model_version,
                        threshold=threshold)
     probe_cols = [c for c in rows.columns if c not in ("abs_path", "model_version", "embedding")
@@ -193,7 +192,7 @@ def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *
     for col in ("score", "threshold", "match", "known"):
         out[col] = res[col].to_numpy()
     out["model_version"] = model.model_version
-    return ChunkResult(out, rejects)
+    return ChunkResult(schemas.conform(out, schemas.VERIFY), schemas.conform(rejects, schemas.REJECTS))
 
 
 def read_probes(source: str | os.PathLike[str]) -> pd.DataFrame:
@@ -274,52 +273,9 @@ def sync_store(source: GalleryStore, target: GalleryStore, model: LoadedModel, c
     return {"added": added, "removed": removed}
 
 
-def _catch_up(registry: ModelRegistry, chunk_size: int, report: dict[str, int]) -> Callable[[Pair | None, Pair], None]:
-    def hook(old: Pair | None, new: Pair) -> None:
-        if old is None or old.store == new.store:
-            return
-        model = load_model(registry.model_dir(new.model_version))
-        target = GalleryStore.open(registry.store_dir(new.store), model_version=model.model_version)
-        report.update(sync_store(GalleryStore.open(registry.store_dir(old.store)), target, model, chunk_size))
-    return hook
-
-
-def switch_pair(registry: ModelRegistry, model_version: str, store_id: str, *, reason: str, chunk_size: int = 1024,
-                expect_live: str | None = ANY) -> tuple[Pointer, dict[str, int]]:
-    """Make (model, store) live atomically, after catching the store up with images enrolled into the live
-    store meanwhile (under the registry's exclusive lock, so none can slip in). Returns (pointer, catch-up).
-    ``expect_live``: the live store the promotion was decided against (see `ModelRegistry.switch`)."""
-    report = {"added": 0, "removed": 0}
-    ptr = registry.switch(model_version, store_id, reason=reason, before_commit=_catch_up(registry, chunk_size, report),
-                          expect_live=expect_live)
-    return ptr, report
-
-
-def rollback_pair(registry: ModelRegistry, *, reason: str = "rollback",
-                  chunk_size: int = 1024) -> tuple[Pointer, dict[str, int]]:
-    """Make the previous (model, store) pair live again, caught up with the images enrolled since."""
-    report = {"added": 0, "removed": 0}
-    ptr = registry.rollback(reason=reason, before_commit=_catch_up(registry, chunk_size, report))
-    return ptr, report
-
-
-def commit_to_registry(registry: ModelRegistry, batch: EnrolBatch) -> ChunkResult:
-    """Commit an embedded batch into the registry's live store, holding the registry shared so no switch
-    happens meanwhile; a batch embedded by a model that is no longer live is re-embedded first."""
-    with registry.shared() as pair:
-        store = GalleryStore.open(registry.store_dir(pair.store), model_version=pair.model_version)
-        if batch.model_version != pair.model_version:
-            model = load_model(registry.model_dir(pair.model_version))
-            rows = batch.rows.drop(columns=["image_sha256"])
-            fresh = embed_for_enrolment(model, rows)
-            batch = EnrolBatch(fresh.rows, fresh.embeddings, pd.concat([batch.rejects, fresh.rejects], ignore_index=True),
-                               fresh.model_version, batch.skipped)
-        return commit_enrolment(store, batch)
-
-
 def concat_parquet(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
                    empty: pd.DataFrame | None = None) -> Path:
-    """Stream Parquet part files (in order) into one file, atomically (temp file + ``os.replace``); columns
+    """Stream Parquet part files (in order) into one file, atomically and durably (`pipeline.core.io.atomic_path`); columns
     missing from a part are null. No parts: ``empty`` (a frame with the right columns) is written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -328,17 +284,10 @@ def concat_parquet(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     if not parts:
         return write_parquet_atomic(empty if empty is not None else pd.DataFrame(), dest)
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                t = pq.read_table(part)
-                cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
-                        for f in schema]
-                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            t = pq.read_table(part)
+            cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
+                    for f in schema]
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
     return dest

@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import ModelArtifactError
+from pipeline.core.errors import ModelArtifactError
+from pipeline.core.io import atomic_path, write_json_atomic
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -44,9 +44,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def save_checkpoint(ckpt_dir: Path, model: torch.nn.Module, head: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -58,9 +57,7 @@ def save_checkpoint(ckpt_dir: Path, model: torch.nn.Module, head: torch.nn.Modul
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     _save_atomic(tensors, ckpt_dir / "last.safetensors")
-    tmp = ckpt_dir / ".state.json.tmp"
-    tmp.write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
-    os.replace(tmp, ckpt_dir / "state.json")
+    write_json_atomic(ckpt_dir / "state.json", {**state, "optimizer": opt_meta})
 
 
 def save_best(ckpt_dir: Path, model: torch.nn.Module) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import ImageError
 from pipeline.data.images import load_face
 from pipeline.data.manifest import empty_rejects
-from pipeline.errors import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,7 @@ the validation people every ``eval_every_steps``, keep the best model, calibrate
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,19 +16,32 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline import checkpoint as ckpt
-from pipeline.artifacts import preprocessing_dict, save_model
-from pipeline.config import Config, member_shares, to_dict
-from pipeline.embed import to_input
-from pipeline.errors import ConfigError
-from pipeline.evaluation import achieved_far, calibrate_thresholds, evaluate_encoder
-from pipeline.losses import ContrastiveLoss, MarginSoftmaxLoss, MultiSimilarityLoss, TripletLoss, WeightedSumLoss
-from pipeline.model.encoder import EnsembleEncoder, SiameseEncoder, backbone_spec, build_encoder, parse_backbone
-from pipeline.prepare import TrainingData
-from pipeline.sampling import PKSampler
+from pipeline.core.config import Config, member_shares, to_dict
+from pipeline.core.env import set_threads
+from pipeline.core.errors import ConfigError
+from pipeline.data.splits import identity_hashes
+from pipeline.evaluate.calibration import achieved_far, calibrate_thresholds
+from pipeline.evaluate.protocol import evaluate_encoder
+from pipeline.model.artifacts import preprocessing_dict, save_model
+from pipeline.model.encoder import (
+    EnsembleEncoder,
+    SiameseEncoder,
+    backbone_spec,
+    build_encoder,
+    parse_backbone,
+)
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.augment import augment
+from pipeline.train.prepare import TrainingData
+from pipeline.train.recipe import (
+    build_distillation,
+    build_distillation_sampler,
+    build_loss,
+    build_sampler,
+)
+from pipeline.train.schedule import lr_at, update_ema
 
 log = logging.getLogger(__name__)
 
@@ -49,107 +60,6 @@ class TrainResult:
     epochs: float
     seconds: float
     best_val_auc: float
-
-
-def identity_hashes(names: list[str]) -> list[str]:
-    """Short hashes of the training people's names: lets ``evaluate`` detect leakage without storing names."""
-    return sorted(hashlib.sha256(n.encode()).hexdigest()[:16] for n in names)
-
-
-def build_loss(cfg: Config, num_classes: int) -> nn.Module:
-    """The configured loss module (a margin-softmax loss owns trainable class centres).
-
-    ``loss.triplet_weight > 0`` with arcface/cosface adds a triplet term on the same batch (mixed loss).
-    """
-    lc = cfg.loss
-    if lc.name == "contrastive":
-        return ContrastiveLoss(lc.contrastive_margin)
-    if lc.name == "triplet":
-        return TripletLoss(lc.triplet_margin, lc.mining)
-    if lc.name == "multi-similarity":
-        return MultiSimilarityLoss()
-    if lc.name in ("arcface", "cosface"):
-        margin = lc.angular_margin_rad if lc.name == "arcface" else lc.cosine_margin
-        head = MarginSoftmaxLoss(cfg.model.embedding_dim, num_classes, lc.name, margin, lc.scale)
-        if lc.triplet_weight > 0:
-            return WeightedSumLoss([head, TripletLoss(lc.triplet_margin, lc.mining)], [1.0, lc.triplet_weight])
-        return head
-    raise ConfigError(f"loss.name={lc.name!r} is not one of ['contrastive', 'triplet', 'multi-similarity', 'arcface', "
-                      "'cosface']")
-
-
-def build_sampler(cfg: Config, labels: np.ndarray, seed: int | None = None) -> PKSampler:
-    """P x K batches. Margin-softmax losses use every person (single-image ones are classes too);
-    metric losses use people with >= ``train.sampler_min_images`` images (repeats fill up K)."""
-    tc = cfg.train
-    seed = tc.seed if seed is None else seed
-    if cfg.loss.name in ("arcface", "cosface"):
-        return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=seed, allow_repeats=True)
-    # sampler_min_images = 1 lets single-image people in: their K "images" are augmentations of one photo
-    return PKSampler(labels, tc.identities_per_batch, tc.images_per_identity, seed=seed,
-                     min_images=min(tc.images_per_identity, max(1, tc.sampler_min_images)))
-
-
-def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool,
-            rotation_deg: float = 0.0, scale: float = 0.0, erase: float = 0.0, gray: float = 0.0) -> torch.Tensor:
-    """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S).
-
-    Random crop, mirror, brightness/contrast jitter, and optionally a random rotation (+-
-    ``rotation_deg``) and zoom (``1 +- scale``) applied as one batched affine warp.
-    """
-    b, load_px = images.shape[0], images.shape[1]
-    if not enabled or load_px == out_px:
-        off = (load_px - out_px) // 2
-        return to_input(images[:, off : off + out_px, off : off + out_px])
-    ys = rng.integers(0, load_px - out_px + 1, size=b)
-    xs = rng.integers(0, load_px - out_px + 1, size=b)
-    crops = np.stack([images[i, y : y + out_px, x : x + out_px] for i, (y, x) in enumerate(zip(ys, xs))])
-    flip = rng.random(b) < 0.5
-    crops[flip] = crops[flip, :, ::-1]
-    x = to_input(crops)
-    if rotation_deg > 0 or scale > 0:
-        angle = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, size=b))
-        zoom = rng.uniform(1.0 - scale, 1.0 + scale, size=b)
-        theta = np.zeros((b, 2, 3), dtype=np.float32)
-        theta[:, 0, 0] = theta[:, 1, 1] = np.cos(angle) / zoom
-        theta[:, 0, 1] = -np.sin(angle) / zoom
-        theta[:, 1, 0] = np.sin(angle) / zoom
-        grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(b, 1, 1, 1))).float()
-    bias = torch.from_numpy(rng.uniform(-0.15, 0.15, size=(b, 1, 1, 1))).float()
-    x = (x * gain + bias).clamp_(-1.5, 1.5)
-    if gray > 0:
-        grey = rng.random(b) < gray
-        if grey.any():
-            x[grey] = x[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-    if erase > 0:  # random erasing (Zhong et al., 2020): a rectangle of 2-20 % of the face, aspect 0.3-3.3
-        for i in np.flatnonzero(rng.random(b) < erase):
-            area = rng.uniform(0.02, 0.2) * out_px * out_px
-            aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
-            h = int(min(out_px, round(np.sqrt(area * aspect))))
-            w = int(min(out_px, round(np.sqrt(area / aspect))))
-            y0, x0 = rng.integers(0, out_px - h + 1), rng.integers(0, out_px - w + 1)
-            x[i, :, y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(rng.uniform(-1, 1, size=(3, 1, 1))).float()
-    return x
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers (BatchNorm statistics) are copied."""
-    for e, m in zip(ema.parameters(), model.parameters()):
-        e.lerp_(m.detach(), 1.0 - decay)
-    for e, m in zip(ema.buffers(), model.buffers()):
-        e.copy_(m)
-
-
-def lr_at(step: int, total: int, cfg: Config) -> float:
-    """Linear warm-up, then cosine decay to 1% of the peak at ``total`` steps."""
-    warm = max(1, cfg.train.warmup_steps)
-    if step < warm:
-        return cfg.train.lr * (step + 1) / warm
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.train.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 @dataclass
@@ -177,7 +87,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     t0 = time.monotonic()
     out = Path(out_dir)
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        set_threads(cfg.train.threads)
     specs = parse_backbone(cfg.model.backbone)
     shares = member_shares(cfg)
     single = len(specs) == 1
@@ -226,6 +136,9 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         "train_images": int(len(data.labels)), "train_people": len(data.class_names),
         "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
         "train_identity_hashes": identity_hashes(data.class_names)}
+    if data.teacher_info is not None:
+        training["teacher"] = data.teacher_info
+        training["distill"] = to_dict(cfg)["distill"]
     if not single:
         training["members"] = [{"backbone": n, "view": v, "steps": m.steps, "epochs": round(m.epochs, 2),
                                 "best_val_auc": m.best_auc} for (n, v), m in zip(specs, members)]
@@ -253,15 +166,18 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
                           input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view)
     loss_fn = build_loss(cfg, len(data.class_names))
+    distill = build_distillation(cfg, model.embedding_dim, data.teacher)  # None without a teacher
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = copy.deepcopy(model).eval() if cfg.train.ema_decay > 0 else None
     kept = ema if ema is not None else model  # the weights that are evaluated and saved
-    # what the checkpoint stores besides the model: loss parameters (+ the weight average)
-    extra: nn.Module = loss_fn if ema is None else nn.ModuleDict({"loss": loss_fn, "ema": ema})
-    params = list(model.parameters()) + list(loss_fn.parameters())
+    # what the checkpoint stores besides the model: loss parameters (+ distillation projection, weight average)
+    losses = loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})
+    extra: nn.Module = losses if ema is None else nn.ModuleDict({"loss": losses, "ema": ema})
+    params = list(model.parameters()) + list(losses.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sampler = build_sampler(cfg, data.labels, seed)
+    sampler = build_sampler(cfg, data.labels, seed) if distill is None else build_distillation_sampler(cfg, data, seed)
+    teacher = None if data.teacher is None else torch.from_numpy(data.teacher)
     steps_per_epoch = max(1, len(sampler))
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
@@ -309,7 +225,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     model.train()
     try:
         while True:
-            for batch in sampler:
+            for item in sampler:
                 if total_steps == 0 and step - start_step == WARM_STEPS:
                     timing_start = time.monotonic()
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
@@ -320,11 +236,18 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                     raise StopIteration
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, limit, cfg)
+                batch, n_metric = item if distill is not None else (item, len(item))
                 x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment,
                             cfg.train.augment_rotation_deg, cfg.train.augment_scale, cfg.train.augment_erase,
                             cfg.train.augment_gray)
-                labels = torch.from_numpy(data.labels[batch])
-                loss = loss_fn(model.embed(x.contiguous(memory_format=memory_format)), labels)
+                labels = torch.from_numpy(data.labels[batch[:n_metric]])
+                emb = model.embed(x.contiguous(memory_format=memory_format))
+                if distill is None:
+                    loss = loss_fn(emb, labels)
+                else:  # teacher targets for every image; the metric loss on the labelled P x K part only
+                    loss = distill(emb, teacher[batch])
+                    if n_metric and cfg.distill.metric_weight > 0:
+                        loss = loss + cfg.distill.metric_weight * loss_fn(emb[:n_metric], labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

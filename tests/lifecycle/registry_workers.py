@@ -33,8 +33,8 @@ import numpy as np
 from test_registry import fake_model
 
 from indexes import GalleryStore
-from pipeline.artifacts import read_model_meta
-from pipeline.registry import ModelRegistry, Pair
+from lifecycle.registry import ModelRegistry, Pair
+from pipeline.model.artifacts import read_model_meta
 
 CHANGES = ("write", "fsync", "replace", "rename", "unlink", "open", "mkdir", "sendfile")
 DIM = 32  # fake_model's embedding_dim
@@ -146,7 +146,7 @@ def kill_steps(workdir: Path, operation: str) -> dict:
     workdir.mkdir()
     t = template(workdir, operation)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["indexes", "pipeline.registry", "registry_workers"])
+    ctx.set_forkserver_preload(["indexes", "lifecycle.registry", "registry_workers"])
     out = {"operation": operation, "steps": 0, "old": 0, "new": 0, "lagging_log": 0, "temp_files_left": 0, "repaired": 0}
     for step in range(1, 1000):
         run = workdir / f"step{step}"

@@ -1,4 +1,4 @@
-"""Faults during promotion (the registry switch), rollback and registration (pipeline/registry.py).
+"""Faults during promotion (the registry switch), rollback and registration (lifecycle/registry.py).
 
 kill -9 at every step: see registry_workers.py (one subprocess runs all three operations, so torch is
 imported once). Disk full: ENOSPC injected into the copy of a model and into the write of CURRENT.json.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_registry import fake_model, promote
 
-from pipeline.registry import ModelRegistry
+from lifecycle.registry import ModelRegistry
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -92,7 +92,7 @@ def test_disk_full_while_writing_current_json_keeps_the_live_pair(tmp_path: Path
 
 
 def test_a_hand_damaged_current_json_is_a_registry_error(tmp_path: Path) -> None:
-    from pipeline.registry import RegistryError
+    from lifecycle.registry import RegistryError
 
     reg = ModelRegistry.open(tmp_path / "reg", create=True)
     promote(reg, tmp_path, 1)

@@ -1,20 +1,25 @@
-"""One frozen configuration tree for training and evaluation.
+"""Configuration: ONE loader for every frozen-dataclass tree, and the pipeline's own tree (`Config`).
 
-Loaded from a TOML file (sections mirror the dataclasses) and overridden from the CLI with
-``section.field=value`` strings. Units are in the field names (``_px``, ``_minutes``, ``_rad``).
+The loader (`read_toml` -> `apply_overrides` -> `build_dataclass`) turns a TOML file plus ``section.key=value``
+strings into a frozen dataclass tree, coercing each value to its field's annotated type and rejecting unknown
+keys with the list of valid ones. The pipeline config (`load_config`) and the flows' operator settings
+(`flows.settings.load_settings`) both use it. (A gallery store's `indexes.IndexConfig` is read only from the
+store's own manifest, by `indexes`, the bottom layer, which imports nothing of `pipeline`.)
+Units are in the field names (``_px``, ``_minutes``, ``_rad``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -41,7 +46,7 @@ class ModelConfig:
     # 0.384); test_resnet saturates in ~8 minutes, so diversity beats length (docs/training.md)
     backbone: str = "resnet10t@0.8+resnet10t@0.65+test_resnet+test_resnet@0.85+test_resnet@0.7+test_resnet@0.6"
     pretrained: bool = False
-    pretrained_file: str | None = None  # local weights file for the backbone (safetensors or timm checkpoint)
+    pretrained_file: str | None = None  # local backbone weights (a safetensors file; nothing else is accepted)
     embedding_dim: int = 128
     channels_last: bool = True  # NHWC: +10-50 % training throughput on this CPU for every backbone measured
     head: str = "gap"  # gap: pooled features | flatten: the spatial feature map (ArcFace's "E" layer)
@@ -90,6 +95,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Distillation from a frozen teacher face model (`pipeline.model.teachers`); off when ``teacher`` is empty."""
+
+    teacher: str = ""  # "" (off) | sface | dlib | precomputed (then teacher_file = a Parquet keyed by image_sha256)
+    teacher_file: str = ""  # precomputed teacher: the Parquet of embeddings
+    cache_dir: str = ""  # teacher embeddings on disk, keyed by image sha256 + teacher + aligner ("" = ~/.cache/facepipe)
+    workers: int = 2  # processes computing missing teacher embeddings
+    cosine_weight: float = 1.0  # per image: 1 - cos(projected student, teacher)
+    relation_weight: float = 1.0  # the batch's student vs teacher similarity matrices (mean squared difference)
+    metric_weight: float = 0.0  # the configured metric loss (loss.name) on the labelled P x K part of each batch
+    extra_per_batch: int = 64  # images drawn from the whole pool (single-image and unlabelled too) per batch
+    unlabelled: str = ""  # an extra folder or manifest of images without identities, used for distillation only
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Verification metrics and calibration."""
 
@@ -106,6 +126,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -113,10 +134,14 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
     """Convert a TOML/CLI value to the annotated type of a config field."""
     tname = str(target)
     try:
+        if "None" in tname and (value is None or (isinstance(value, str) and value.lower() in {"none", ""})):
+            return None
         if tname.startswith("tuple"):
             inner = float if "float" in tname else int if "int" in tname else str
             if isinstance(value, str):
                 value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
             return tuple(inner(v) for v in value)
         if tname == "bool":
             if isinstance(value, str):
@@ -124,20 +149,25 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
                     raise ValueError(value)
                 return value.lower() in {"true", "1", "yes"}
             return bool(value)
-        if tname == "int":
-            if isinstance(value, float) and not value.is_integer():
+        if tname.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
-        if tname == "float":
+        if tname.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
-        if "None" in tname and (value is None or (isinstance(value, str) and value.lower() in {"none", ""})):
-            return None
+        if isinstance(value, (dict, list)):
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config {where}: cannot use {value!r} as {tname}") from exc
 
 
-def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build a frozen dataclass tree from nested dicts: sections become nested dataclasses, values are coerced
+    to the annotated types, missing keys keep their defaults, unknown keys raise `ConfigError` listing the
+    valid ones. ``where`` prefixes error messages (e.g. ``"flows.toml"``)."""
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -151,15 +181,26 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
         if is_dataclass(default):
             if not isinstance(values[name], dict):
                 raise ConfigError(f"config {sub}: expected a section, got {values[name]!r}")
-            kwargs[name] = _build(type(default), values[name], sub)
+            kwargs[name] = build_dataclass(type(default), values[name], sub)
         else:
             kwargs[name] = _coerce(values[name], f.type, sub)
     return cls(**kwargs)
 
 
+def read_toml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """A TOML file as nested dicts; a missing or malformed file raises `ConfigError` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {p} is not valid TOML: {exc}") from exc
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build a validated :class:`Config` from nested dicts (unknown keys are errors)."""
-    cfg = _build(Config, values, "")
+    cfg = build_dataclass(Config, values, "")
     validate(cfg)
     return cfg
 
@@ -181,17 +222,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then a TOML file, then ``section.key=value`` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            values = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    values = read_toml(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides or []))
 
 
@@ -263,6 +296,18 @@ def validate(cfg: Config) -> None:
         (all(v > 0 for v in cfg.train.member_shares), "train.member_shares must all be > 0"),
         (not cfg.model.pretrained_file or len({n for n, _ in members}) == 1,
          "model.pretrained_file is one backbone's weights: the ensemble's members must all be that backbone"),
+    ]
+    dc = cfg.distill
+    checks += [
+        (dc.cosine_weight >= 0 and dc.relation_weight >= 0 and dc.metric_weight >= 0,
+         "distill.cosine_weight, relation_weight and metric_weight must be >= 0"),
+        (not dc.teacher or dc.cosine_weight + dc.relation_weight > 0,
+         "distillation needs distill.cosine_weight or distill.relation_weight > 0"),
+        (dc.extra_per_batch >= 0, f"distill.extra_per_batch={dc.extra_per_batch} must be >= 0"),
+        (not dc.teacher or dc.extra_per_batch > 0 or dc.metric_weight > 0,
+         "distillation needs distill.extra_per_batch > 0 or distill.metric_weight > 0 (a batch would be empty)"),
+        (dc.teacher != "precomputed" or bool(dc.teacher_file), "distill.teacher=precomputed needs distill.teacher_file"),
+        (dc.workers >= 1, f"distill.workers={dc.workers} must be >= 1"),
     ]
     losses = ("contrastive", "triplet", "multi-similarity", "arcface", "cosface")
     checks.append((cfg.loss.name in losses, f"loss.name={cfg.loss.name!r} is not one of {list(losses)}"))

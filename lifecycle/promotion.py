@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.registry import RegistryError
+from pipeline.core.errors import ConfigError
 
 HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "eer": False}
 
 
+class PromotionError(ConfigError):
+    """The gate cannot compare: an unknown metric name, metrics without the needed section, a negative margin."""
+
+
 def metric_value(metrics: dict[str, Any], name: str) -> float:
-    """One number from `pipeline.evaluation.evaluate_embeddings` output (its protocol ``pairs`` section):
+    """One number from `pipeline.evaluate.protocol.evaluate_embeddings` output (its protocol ``pairs`` section):
     ``auc``, ``accuracy``, ``eer`` or ``tar@far=<far>`` (e.g. ``tar@far=0.001``)."""
     if not isinstance(pairs := metrics.get("pairs"), dict):
-        raise RegistryError(f"metrics have no 'pairs' section (keys {sorted(metrics)}); evaluate on a pair set")
+        raise PromotionError(f"metrics have no 'pairs' section (keys {sorted(metrics)}); evaluate on a pair set")
     if name.startswith("tar@far="):
         tars = pairs.get("tar_at_far", {})
         key = f"{float(name.split('=', 1)[1]):g}"
         if key not in tars:
-            raise RegistryError(f"metric {name!r}: no TAR at FAR {key}; valid: {[f'tar@far={k}' for k in tars]}")
+            raise PromotionError(f"metric {name!r}: no TAR at FAR {key}; valid: {[f'tar@far={k}' for k in tars]}")
         return float(tars[key])
     if name not in HIGHER_IS_BETTER:
-        raise RegistryError(f"metric {name!r} is not one of {[*HIGHER_IS_BETTER, 'tar@far=<far>']}")
+        raise PromotionError(f"metric {name!r} is not one of {[*HIGHER_IS_BETTER, 'tar@far=<far>']}")
     return float(pairs[name])
 
 
@@ -35,7 +39,7 @@ def decide(candidate: dict[str, Any], current: dict[str, Any] | None, metric: st
     Returns a JSON-able decision: verdict ("promote" | "reject"), reason, metric, candidate, current, improvement.
     """
     if min_improvement < 0:
-        raise RegistryError(f"min_improvement={min_improvement} must be >= 0")
+        raise PromotionError(f"min_improvement={min_improvement} must be >= 0")
     cand = metric_value(candidate, metric)
     out: dict[str, Any] = {"metric": metric, "candidate": cand, "min_improvement": min_improvement}
     if candidate_trained_on:

@@ -1,0 +1,1 @@
+"""Core plumbing shared by every stage: the error tree, configuration loading, durable file I/O, environment tuning."""

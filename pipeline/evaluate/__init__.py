@@ -1,0 +1,1 @@
+"""Evaluation: verification metrics, evaluation sets, the LFW protocol, threshold calibration, plots."""

@@ -1,0 +1,1 @@
+"""Training: the loop, its recipe pieces (sampling, augmentation, schedule, losses), checkpoints, data preparation."""
