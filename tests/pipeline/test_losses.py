@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
 
 from pipeline.train.losses import (
     ContrastiveLoss,
     MarginSoftmaxLoss,
+    MultiSimilarityLoss,
     TripletLoss,
     WeightedSumLoss,
     contrastive_pair_loss,
@@ -113,8 +116,6 @@ def test_weighted_sum_is_the_weighted_sum_of_its_parts() -> None:
 
 
 def test_multi_similarity_matches_a_hand_loop() -> None:
-    from pipeline.train.losses import MultiSimilarityLoss
-
     torch.manual_seed(3)
     e = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -137,7 +138,6 @@ def test_multi_similarity_matches_a_hand_loop() -> None:
 
 def test_multi_similarity_is_selectable_in_the_config() -> None:
     from pipeline.core.config import load_config
-    from pipeline.train.losses import MultiSimilarityLoss
     from pipeline.train.recipe import build_loss
 
     assert isinstance(build_loss(load_config(None, ["loss.name=multi-similarity"]), 10), MultiSimilarityLoss)
@@ -157,10 +157,6 @@ def test_multi_similarity_is_selectable_in_the_config() -> None:
 # * PML normalises the embeddings itself (CosineSimilarity); ours expects unit vectors. We compare on unit vectors.
 # * PML's GenericPairLoss returns 0 whenever every mined index list has <= 1 entry (e.g. one positive and one
 #   negative pair mined in the whole batch); ours returns the loss of those pairs. The batches below mine many.
-from pytorch_metric_learning import losses as pml_losses  # noqa: E402
-from pytorch_metric_learning import miners as pml_miners  # noqa: E402
-
-from pipeline.train.losses import MultiSimilarityLoss  # noqa: E402
 
 
 def _batch(seed: int, labels: list[int], dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +187,7 @@ def test_multi_similarity_equals_pml_loss_with_its_miner(alpha: float, beta: flo
     raw, y = _batch(seed, labels)
     miner = pml_miners.MultiSimilarityMiner(epsilon=eps)
     pml = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-    a1, p, a2, n = miner(F.normalize(raw, dim=1), y)
+    a1, _, a2, _ = miner(F.normalize(raw, dim=1), y)
     # the miner really selects (some pairs dropped) and enough pairs that PML's "<= 1 pair" shortcut is not hit
     n_pos, n_neg = int((y[:, None] == y[None, :]).sum()) - len(y), int((y[:, None] != y[None, :]).sum())
     assert len(a1) + len(a2) < n_pos + n_neg and max(len(a1), len(a2)) > 1

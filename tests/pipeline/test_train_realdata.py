@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError
 from pipeline.evaluate.protocol import evaluate_embeddings
 from pipeline.model.artifacts import load_model
 from pipeline.model.embed import embed_array
@@ -61,7 +62,7 @@ def test_interrupt_saves_and_resume_continues(real_subset: Path, tmp_path: Path)
     bad = load_config(None, FAST + ["train.minutes=0.5", "data.image_size_px=32", "train.eval_every_steps=20",
                                     "data.val_fraction=0.25", "model.embedding_dim=16", "train.identities_per_batch=16",
                                     "train.ema_decay=0.99", "train.lr=0.1"])
-    with pytest.raises(Exception, match="different config"):
+    with pytest.raises(ConfigError, match="trained with a different config; use a new --out"):
         train(bad, data, tmp_path / "m", resume=True)
 
 
