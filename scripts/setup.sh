@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-.venv/bin/python -c "import torch, timm, faiss, prefect; print('facepipe environment ready: torch', torch.__version__)"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,dlib]'
+.venv/bin/python -c "import torch, timm, faiss, prefect, cv2; print('facepipe environment ready: torch', torch.__version__)"

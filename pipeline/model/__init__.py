@@ -1,16 +1,3 @@
-"""The Siamese encoder and its distances."""
-
-from pipeline.model.distances import (
-    cosine_similarity,
-    euclidean_distance,
-    pairwise_cosine,
-)
-from pipeline.model.encoder import (
-    Encoder,
-    EnsembleEncoder,
-    SiameseEncoder,
-    build_encoder,
-    build_model,
-)
-
-__all__ = ["Encoder", "EnsembleEncoder", "SiameseEncoder", "build_encoder", "build_model", "cosine_similarity", "euclidean_distance", "pairwise_cosine"]
+"""The model stage: the Siamese encoder (`encoder`), distances, batched embedding (`embed`), artefacts, and the
+teachers it can be distilled from (`teachers`). Import the modules themselves: this package imports nothing, so
+`pipeline.model.teachers` loads without torch (its worker processes start fast)."""

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from pipeline.core.errors import ModelArtifactError
-from pipeline.model import build_encoder
 from pipeline.model.artifacts import (
     load_model,
     preprocessing_dict,
     read_model_meta,
     save_model,
 )
+from pipeline.model.encoder import build_encoder
 
 
 def _save(tmp_path: Path, seed: int = 0) -> Path:

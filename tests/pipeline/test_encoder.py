@@ -9,12 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.core.errors import ConfigError, ModelArtifactError
-from pipeline.model import (
-    SiameseEncoder,
-    build_encoder,
-    cosine_similarity,
-    euclidean_distance,
-)
+from pipeline.model.distances import cosine_similarity, euclidean_distance
+from pipeline.model.encoder import SiameseEncoder, build_encoder
 
 
 @pytest.fixture()
