@@ -22,7 +22,14 @@ from typing import Any
 
 from prefect import Flow
 
-from flows.settings import DEFAULT_CONFIG, SETTINGS_ENV, FlowSettings, dask_address, load_settings, task_runner
+from flows.settings import (
+    DEFAULT_CONFIG,
+    SETTINGS_ENV,
+    FlowSettings,
+    dask_address,
+    load_settings,
+    task_runner,
+)
 from pipeline.core.errors import FacepipeError
 
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -93,11 +100,12 @@ def console_logging(verbose: bool) -> Iterator[None]:
 
 
 def run_main(parser: FlowParser, run: Callable[[argparse.Namespace, FlowSettings], Any],
-             argv: Sequence[str] | None = None) -> int:
+             argv: Sequence[str] | None = None, quiet_logs: bool = True) -> int:
     """Parse ``argv``, load the settings with the given flags as overrides, call ``run(args, settings)`` and
-    print its result as one JSON line. A `FacepipeError` prints ``PROG: error: MESSAGE`` and returns 2."""
+    print its result as one JSON line. A `FacepipeError` prints ``PROG: error: MESSAGE`` and returns 2.
+    ``quiet_logs``: Prefect's console logs only with -v (`flows.deploy` serves: it always shows them)."""
     args = parser.parse_args(argv)
-    with console_logging(args.verbose):
+    with console_logging(args.verbose or not quiet_logs):
         try:
             settings = load_settings(args.settings, parser.settings_overrides(args), getattr(args, "set", None) or ())
             result = run(args, settings)

@@ -17,7 +17,13 @@ import pandas as pd
 from prefect import flow
 
 from flows.cli import FlowParser, given, run_main, with_runner
-from flows.settings import FlowSettings, dask_address, flow_defaults, flow_parameters, task_runner
+from flows.settings import (
+    FlowSettings,
+    dask_address,
+    flow_defaults,
+    flow_parameters,
+    task_runner,
+)
 from flows.tasks import (
     commit_batch,
     embed_images,
@@ -29,7 +35,6 @@ from flows.tasks import (
 )
 from pipeline.data.manifest import empty_rejects
 from pipeline.serve.gallery import chunks
-
 
 D = flow_defaults("enroll")  # flows.toml's values (flows.settings.flow_parameters)
 

@@ -1,4 +1,5 @@
-"""Lookup flow: a probes manifest -> 1:1 verify or 1:N identify -> one results Parquet (columns: `pipeline.data.schemas`).
+"""Lookup flow: a probes manifest -> 1:1 verify or 1:N identify -> one results Parquet (columns:
+`pipeline.data.schemas`).
 
 Chunks run as tasks (on Dask when a scheduler is configured), each writing its results to a part file;
 at most ``max_in_flight`` chunks are in memory, so 100k probes run in bounded memory. The parts are
@@ -19,7 +20,13 @@ import pandas as pd
 from prefect import flow
 
 from flows.cli import FlowParser, given, run_main, with_runner
-from flows.settings import FlowSettings, dask_address, flow_defaults, flow_parameters, task_runner
+from flows.settings import (
+    FlowSettings,
+    dask_address,
+    flow_defaults,
+    flow_parameters,
+    task_runner,
+)
 from flows.tasks import (
     lookup_chunk,
     merge_parts,

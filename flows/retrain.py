@@ -38,12 +38,17 @@ from flows.model_tasks import (
     switch_live,
     train_candidate,
 )
-from flows.settings import FlowSettings, dask_address, flow_defaults, flow_parameters, task_runner
+from flows.settings import (
+    FlowSettings,
+    dask_address,
+    flow_defaults,
+    flow_parameters,
+    task_runner,
+)
 from flows.tasks import publish, windowed
 from pipeline.core.errors import ConfigError
 from pipeline.data.manifest import empty_rejects
 from pipeline.serve.gallery import chunks
-
 
 D = flow_defaults("retrain")  # flows.toml's values: the ONE source of these defaults (flows.settings.flow_parameters)
 
@@ -128,8 +133,8 @@ def run(a: argparse.Namespace, settings: FlowSettings) -> dict[str, Any]:
     if a.legacy_config:
         if a.training_config is not None:
             raise ConfigError("--config is a deprecated alias of --training-config: give only --training-config")
-        print("python -m flows.retrain: warning: --config is deprecated: use --training-config FILE (the pipeline training "
-              "config; the flows settings are --settings FILE)", file=sys.stderr)
+        print("python -m flows.retrain: warning: --config is deprecated: use --training-config FILE (the pipeline "
+              "training config; the flows settings are --settings FILE)", file=sys.stderr)
         params["training_config"] = a.legacy_config
     return with_runner(retrain_flow, a.dask_address, settings)(**params)
 

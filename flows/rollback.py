@@ -19,7 +19,6 @@ from flows.settings import FlowSettings, flow_defaults, flow_parameters
 from flows.tasks import publish
 from pipeline.data.manifest import empty_rejects
 
-
 D = flow_defaults("rollback")  # flows.toml's values (flows.settings.flow_parameters)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,10 @@ def flow_parameters(s: FlowSettings) -> dict[str, dict[str, Any]]:
 def _import_settings() -> FlowSettings:
     try:
         return load_settings()
-    except ConfigError as exc:  # the command lines report it (one line, exit 2); importing must not fail
-        logging.getLogger(__name__).warning("%s; the flows' Python defaults are the built-in ones", exc)
+    except ConfigError as exc:  # importing must not fail; a flows command line reports it (one line, exit 2)
+        main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if not (main_spec and main_spec.name.startswith("flows.")):
+            logging.getLogger(__name__).warning("%s; the flows' Python defaults are the built-in ones", exc)
         return FlowSettings()
 
 

@@ -64,3 +64,25 @@ def test_dask_runs_equal_the_single_process_run(dask_cluster: tuple[str, object]
     assert tied.mean() < 0.1
     pd.testing.assert_frame_equal(one[~tied].drop(columns="score"), two[~tied].drop(columns="score"))
     assert (one["image_path"] == two["image_path"]).all()
+
+
+def test_the_settings_dask_address_takes_effect_by_hand(dask_cluster: tuple[str, object], tiny_model: Path,
+                                                        real_subset: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m flows.enroll --settings FILE`` runs its chunks on FILE's ``[dask] address``, FILE's chunk size."""
+    from distributed import get_task_stream
+
+    from flows import enroll
+
+    address, client = dask_cluster
+    monkeypatch.delenv("FACEPIPE_DASK_ADDRESS", raising=False)
+    gallery, _ = gallery_and_probes(real_subset, 12)
+    gallery.to_csv(tmp_path / "gallery.csv", index=False)
+    settings = tmp_path / "flows.toml"
+    settings.write_text(f'[chunks]\nenroll = 3\n[dask]\naddress = "{address}"\n')
+    with get_task_stream(client) as stream:
+        assert enroll.main(["--settings", str(settings), "--images", str(tmp_path / "gallery.csv"), "--index",
+                            str(tmp_path / "store"), "--model", str(tiny_model)]) == 0
+    assert len(GalleryStore.open(tmp_path / "store")) == 12
+    embeds = [t for t in stream.data if str(t["key"]).startswith("embed_images-")]
+    assert len(embeds) == 4 and len({t["worker"] for t in embeds}) == 2  # 12 images in chunks of 3, both workers

@@ -1,5 +1,6 @@
-"""Deployments: prefect.yaml equals what `python -m flows.deploy` serves, and (slow) a real `prefect server
-start` on 127.0.0.1 with the served deployments runs the retrain flow on its cron schedule to completion."""
+"""Deployments: prefect.yaml is generated from flows/flows.toml and equals what `python -m flows.deploy` serves,
+and (slow) a real `prefect server start` on 127.0.0.1 with the served deployments runs the retrain flow on its
+cron schedule to completion."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +22,8 @@ import pytest
 import yaml
 from flow_testlib import UNTRAINED
 
-from flows.deploy import build_deployments, deployment_parameters
-from flows.settings import DEFAULT_CONFIG, load_settings
+from flows.deploy import build_deployments, prefect_yaml
+from flows.settings import DEFAULT_CONFIG, flow_parameters, load_settings
 from lifecycle.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +37,45 @@ def test_prefect_yaml_has_the_same_deployments_as_flows_deploy() -> None:
     for name, d in declared.items():
         path, func = d["entrypoint"].split(":")
         assert served[name].entrypoint == path.removesuffix(".py").replace("/", ".") + "." + func
-        assert d["parameters"] == deployment_parameters(settings)[name]
+        assert d["parameters"] == flow_parameters(settings)[name] == served[name].parameters
         assert d.get("concurrency_limit") == served[name].concurrency_limit
         assert d["description"] == served[name].description and d["tags"] == served[name].tags
         crons = [(s.schedule.cron, s.schedule.timezone) for s in served[name].schedules or []]
         assert [(s["cron"], s["timezone"]) for s in d.get("schedules", [])] == crons
     assert [s.schedule.cron for s in served["retrain"].schedules] == [settings.retrain.cron]
+
+
+def test_every_prefect_yaml_parameter_equals_its_flows_toml_value() -> None:
+    """Read both files as plain data (not through flows.settings): every deployment parameter is the value
+    flows/flows.toml gives (or the documented default of a key the file leaves out)."""
+    toml = tomllib.loads(DEFAULT_CONFIG.read_text())
+    reg, retrain, chunks = toml["registry"], toml["retrain"], toml["chunks"]
+    expected = {
+        "retrain": {"registry": reg["path"], "data": retrain["data"], "pairs": retrain["pairs"],
+                    "training_config": retrain.get("training_config"), "overrides": retrain["overrides"],
+                    "eval_data": retrain.get("eval_data"), "eval_pairs": retrain.get("eval_pairs"),
+                    "metric": retrain["metric"], "min_improvement": retrain["min_improvement"],
+                    "keep_versions": reg["keep_versions"], "chunk_size": chunks["enroll"],
+                    "max_in_flight": chunks["max_in_flight"]},
+        "enroll": {"registry": reg["path"], "chunk_size": chunks["enroll"], "max_in_flight": chunks["max_in_flight"]},
+        "lookup": {"registry": reg["path"], "chunk_size": chunks["lookup"], "max_in_flight": chunks["max_in_flight"]},
+        "rollback": {"registry": reg["path"], "chunk_size": chunks["enroll"]},
+    }
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"]: d["parameters"] for d in declared} == expected
+    retrain_deployment = next(d for d in declared if d["name"] == "retrain")
+    assert retrain_deployment["schedules"] == [{"cron": retrain["cron"], "timezone": retrain["timezone"]}]
+    assert retrain_deployment["parameters"]["min_improvement"] == 0.002  # the documented gate margin
+
+
+def test_prefect_yaml_is_what_write_prefect_yaml_generates() -> None:
+    """prefect.yaml is generated (`python -m flows.deploy --write-prefect-yaml`), not edited by hand."""
+    def without_version(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not line.startswith("prefect-version:"))
+
+    committed = (REPO / "prefect.yaml").read_text()
+    assert without_version(committed) == without_version(prefect_yaml(load_settings(DEFAULT_CONFIG))), \
+        "prefect.yaml is stale: run `python -m flows.deploy --write-prefect-yaml`"
 
 
 def free_port() -> int:
@@ -112,14 +147,14 @@ cron = "* * * * * */10"   # a sixth (seconds) field: every 10 s, so the test nee
         # prefect.yaml deploys as is to a process work pool
         for cmd in ([prefect, "work-pool", "create", "facepipe", "--type", "process"],
                     [prefect, "--no-prompt", "deploy", "--all"]):
-            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 0, done.stdout + done.stderr
         pooled = api(url, "/deployments/filter", {})
         assert sorted(d["name"] for d in pooled) == ["enroll", "lookup", "retrain", "rollback"]
         assert all(d["work_pool_name"] == "facepipe" for d in pooled)
 
         # `python -m flows.deploy` serves the same four, and the scheduled retrain run completes
-        with started([sys.executable, "-m", "flows.deploy", "--config", str(tmp_path / "flows.toml")], env, serve_log,
+        with started([sys.executable, "-m", "flows.deploy", "--settings", str(tmp_path / "flows.toml")], env, serve_log,
                      tmp_path):
             def completed() -> list[dict[str, Any]]:
                 runs = api(url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": [

@@ -50,7 +50,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
     data = str(real_subset)
 
     # 1. An empty registry: the first candidate (untrained, 0 steps) is promoted with an empty gallery.
-    first = retrain_flow(str(reg.root), data, overrides=UNTRAINED)
+    first = retrain_flow(str(reg.root), data, pairs=None, overrides=UNTRAINED)  # subset: no pairs file
     assert first["promoted"] and first["reason"] == "no current model"
     model_a, store_a = reg.require_current().model_version, reg.require_current().store
 
@@ -69,7 +69,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
     hidden = tmp_path / "hidden.jpg"
     shutil.move(tmp_path / "copies" / "1.jpg", hidden)
     with pytest.raises(DataError, match="image file is missing"):
-        retrain_flow(str(reg.root), data, overrides=[*TINY, "train.minutes=0.3"])
+        retrain_flow(str(reg.root), data, pairs=None, overrides=[*TINY, "train.minutes=0.3"])
     assert live_state(reg) == before  # production untouched
     approved = [e for e in reg.versions() if e["status"] == "approved"]
     assert len(approved) == 1 and approved[0]["decision"]["verdict"] == "promote"
@@ -78,7 +78,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
 
     # 4. Image restored: the same candidate is promoted; the gallery is re-embedded with it and searchable.
     shutil.move(hidden, tmp_path / "copies" / "1.jpg")
-    second = retrain_flow(str(reg.root), data, candidate=model_b)
+    second = retrain_flow(str(reg.root), data, pairs=None, candidate=model_b)
     assert second["promoted"] and second["candidate_metric"] > second["live_metric"], second
     pair = reg.require_current()
     assert pair.model_version == model_b and pair.store != store_a and second["gallery_images_reembedded"] == 20
@@ -100,7 +100,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
     assert (reg.root / "entries" / f"{model_b}-roc.png").read_bytes().startswith(b"\x89PNG")
 
     # 5. A worse candidate (untrained, another architecture width) is rejected; production untouched.
-    worse = retrain_flow(str(reg.root), data, overrides=[*UNTRAINED, "model.embedding_dim=24"])
+    worse = retrain_flow(str(reg.root), data, pairs=None, overrides=[*UNTRAINED, "model.embedding_dim=24"])
     assert not worse["promoted"] and worse["verdict"] == "reject"
     assert worse["candidate_metric"] < worse["live_metric"], worse
     assert worse["live_metric"] == pytest.approx(second["candidate_metric"], abs=1e-4)  # the same pinned pairs
@@ -117,7 +117,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
     lookup_equals_library(reg, probes, tmp_path)
 
     # 7. The margin gate: B beats A, but not by the 0.5 AUC required -> rejected.
-    gated = retrain_flow(str(reg.root), data, candidate=model_b, min_improvement=0.5)
+    gated = retrain_flow(str(reg.root), data, pairs=None, candidate=model_b, min_improvement=0.5)
     assert not gated["promoted"] and gated["candidate_metric"] > gated["live_metric"], gated
     assert gated["candidate_metric"] == pytest.approx(second["candidate_metric"], abs=1e-4)
     assert gated["live_metric"] == pytest.approx(first["candidate_metric"], abs=1e-4)
