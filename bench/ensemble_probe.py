@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.evaluate.evalset import EvalSet, build_eval_set  # noqa: E402
 from pipeline.evaluate.protocol import evaluate_embeddings  # noqa: E402
+from pipeline.faces.loader import FacePreprocessing  # noqa: E402
 from pipeline.model.artifacts import load_model  # noqa: E402
 from pipeline.model.embed import embed_array  # noqa: E402
 from pipeline.train.prepare import load_split  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
         pre = model.meta["preprocessing"]
         key = (float(pre["crop_fraction"]), int(pre["image_size_px"]))
         if key not in sets:
-            sets[key] = build_eval_set("dev", table, split.dev, split.dev_pairs, *key)
+            sets[key] = build_eval_set("dev", table, split.dev, split.dev_pairs, FacePreprocessing(*key))
         es = sets[key]
         members = getattr(model.encoder, "members", None)
         if args.split_members and members is not None:

@@ -24,6 +24,7 @@ from pipeline.core.config import load_config  # noqa: E402
 from pipeline.evaluate.evalset import EvalSet, build_eval_set  # noqa: E402
 from pipeline.evaluate.metrics import kfold_accuracy, verification_report  # noqa: E402
 from pipeline.evaluate.protocol import ten_subfolds  # noqa: E402
+from pipeline.faces.loader import FacePreprocessing  # noqa: E402
 from pipeline.model.artifacts import load_model  # noqa: E402
 from pipeline.model.embed import embed_array  # noqa: E402
 from pipeline.train.prepare import load_split  # noqa: E402
@@ -51,8 +52,8 @@ def main() -> None:
     pre = model.meta["preprocessing"]
     crop, px = float(pre["crop_fraction"]), int(pre["image_size_px"])
     table, split = load_split(args.data, args.pairs, load_config(None, []))
-    tr = build_eval_set("train", table, split.train | split.val, None, crop, px)  # never the dev people
-    dev = build_eval_set("dev", table, split.dev, split.dev_pairs, crop, px)
+    tr = build_eval_set("train", table, split.train | split.val, None, FacePreprocessing(crop, px))  # never the dev people
+    dev = build_eval_set("dev", table, split.dev, split.dev_pairs, FacePreprocessing(crop, px))
     etr = embed_array(model.encoder, tr.images, flip_tta=True).astype(np.float64)
     edev = embed_array(model.encoder, dev.images, flip_tta=True).astype(np.float64)
     report(dev, cos_pairs(dev, edev), "cosine (as shipped)")

@@ -20,6 +20,7 @@ from pipeline.data.manifest import read_images  # noqa: E402
 from pipeline.data.pairs import pair_people, parse_pairs  # noqa: E402
 from pipeline.evaluate.evalset import build_eval_set  # noqa: E402
 from pipeline.evaluate.protocol import evaluate_embeddings  # noqa: E402
+from pipeline.faces.loader import FacePreprocessing  # noqa: E402
 from pipeline.model.artifacts import load_model  # noqa: E402
 from pipeline.model.embed import embed_array  # noqa: E402
 
@@ -39,7 +40,7 @@ def main() -> None:
     table = read_images(args.data, require_identities=True, required=("image_path", "identity"))
     embs, es = {}, None
     for crop in [float(c) for c in args.crops.split(",")]:
-        es = build_eval_set("dev", table, frozenset(pair_people(sel)), sel, crop, int(pre["image_size_px"]))
+        es = build_eval_set("dev", table, frozenset(pair_people(sel)), sel, FacePreprocessing(crop, int(pre["image_size_px"])))
         for flip in (False, True):
             embs[(crop, flip)] = embed_array(model.encoder, es.images, flip_tta=flip)
     rows = []

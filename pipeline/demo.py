@@ -77,7 +77,7 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
     data = prepare_training(root, pairs, cfg)
     prep_s = time.monotonic() - t_prep
     result = train(cfg, data, out_dir / "model", on_step=on_step)
-    model = load_model(out_dir / "model")
+    model = load_model(out_dir / "model", device=cfg.train.device)
 
     if not data.split.dev:
         raise DataError("no dev people: the pairs file needs the configured data.dev_folds")

@@ -35,10 +35,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (sections: data, model, loss, train, eval)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (sections: data, model, loss, train, distill, eval)")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append",
                    help="override one config value, e.g. --set model.backbone=resnet18 (repeatable)")
     p.add_argument("--minutes", type=float, help="training time budget in minutes (train.minutes)")
+    _add_device(p)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="auto|cpu|cuda|mps",
+                   help="where the network runs (default: auto = CUDA, then MPS, then CPU; train.device for training)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, metavar="FILE")
     p.add_argument("--folds", help="comma-separated folds, or 'all' (default: the model's held-out dev folds)")
     p.add_argument("--out", metavar="metrics.json", help="default: MODEL_DIR/eval/metrics.json")
+    _add_device(p)
     p.set_defaults(func=f"{m}:cmd_evaluate")
 
     p = sub.add_parser("embed", help="batch embedding to Parquet")
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, metavar="DIR|MANIFEST")
     p.add_argument("--out", required=True, metavar="FILE.parquet")
     p.add_argument("--chunk-size", type=int, default=2048, help="images decoded at once (bounds memory)")
+    _add_device(p)
     p.set_defaults(func=f"{m}:cmd_embed")
 
     p = sub.add_parser("fetch-lfw", help="download + verify + extract LFW deep-funneled (needs internet)")

@@ -25,6 +25,8 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None):
     overrides = list(extra or []) + list(args.set or [])
     if getattr(args, "minutes", None) is not None:
         overrides.append(f"train.minutes={args.minutes}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
     return load_config(args.config, overrides)
 
 
@@ -55,7 +57,7 @@ def cmd_train(args: argparse.Namespace, out) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, out) -> int:
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device or "auto")
     pairs = parse_pairs(args.pairs)
     if args.folds == "all":
         folds = sorted(set(pairs["fold"]))
@@ -94,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace, out) -> int:
 
 
 def cmd_embed(args: argparse.Namespace, out) -> int:
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device or "auto")
     images = read_images(args.images)
     t0 = time.monotonic()
     with progress(len(images), "embed", enabled=not args.quiet) as update:

@@ -35,6 +35,11 @@ class DataConfig:
     val_fraction: float = 0.1  # fraction of multi-image identities held out for validation (no val folds)
     val_source: str = "train"  # folds: people of val_folds validate | train: a val_fraction slice of train people
     min_images_per_identity: int = 1  # single-image people are kept (classes / negatives)
+    # faces: "yunet" detects 5 landmarks and aligns every photo to the ArcFace template (aligned_px) before the
+    # central crop above; "none" takes the central crop of the photo itself (photos framed like LFW's)
+    face_detector: str = "none"
+    aligned_px: int = 112
+    cache_dir: str = ""  # aligned crops and teacher embeddings ("" = $FACEPIPE_CACHE or ~/.cache/facepipe)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ class TrainConfig:
     member_shares: tuple[float, ...] = (2.6, 2.15, 1.0, 1.0, 1.0, 1.0)
     ema_decay: float = 0.999  # exponential moving average of the weights, evaluated and saved instead (0 = off)
     threads: int = 0  # 0: torch default
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps
+    amp: str = "auto"  # autocast: auto (bf16/fp16 on accelerators, off on the CPU) | bf16 | fp16 | off
+    loader_workers: int = 2  # accelerators: processes making augmented batches into pinned memory (CPU: in-process)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,6 @@ class DistillConfig:
 
     teacher: str = ""  # "" (off) | sface | dlib | precomputed (then teacher_file = a Parquet keyed by image_sha256)
     teacher_file: str = ""  # precomputed teacher: the Parquet of embeddings
-    cache_dir: str = ""  # teacher embeddings on disk, keyed by image sha256 + teacher + aligner ("" = ~/.cache/facepipe)
     workers: int = 2  # processes computing missing teacher embeddings
     cosine_weight: float = 1.0  # per image: 1 - cos(projected student, teacher)
     relation_weight: float = 1.0  # the batch's student vs teacher similarity matrices (mean squared difference)
@@ -269,6 +276,9 @@ def validate(cfg: Config) -> None:
     """Range checks that dataclass types cannot express."""
     checks = [
         (cfg.data.image_size_px >= 16, f"data.image_size_px={cfg.data.image_size_px} must be >= 16"),
+        (cfg.data.face_detector in ("none", "yunet"), f"data.face_detector={cfg.data.face_detector!r} is not one of "
+                                                      "['none', 'yunet']"),
+        (16 <= cfg.data.aligned_px <= 1024, f"data.aligned_px={cfg.data.aligned_px} must be in [16, 1024]"),
         (0.1 <= cfg.data.crop_fraction <= 1.0, f"data.crop_fraction={cfg.data.crop_fraction} must be in [0.1, 1]"),
         (0.0 < cfg.data.val_fraction < 1.0, f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)"),
         (cfg.model.embedding_dim >= 2, f"model.embedding_dim={cfg.model.embedding_dim} must be >= 2"),
@@ -284,6 +294,11 @@ def validate(cfg: Config) -> None:
          f"data.val_source={cfg.data.val_source!r} is not one of ['folds', 'train']"),
         (0.0 <= cfg.train.ema_decay < 1.0, f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)"),
         (cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be >= 0"),
+        (cfg.train.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
+         f"train.device={cfg.train.device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N', 'mps']"),
+        (cfg.train.amp in ("auto", "bf16", "fp16", "off"), f"train.amp={cfg.train.amp!r} is not one of "
+                                                           "['auto', 'bf16', 'fp16', 'off']"),
+        (cfg.train.loader_workers >= 0, f"train.loader_workers={cfg.train.loader_workers} must be >= 0"),
         (cfg.train.sampler_min_images >= 1, f"train.sampler_min_images={cfg.train.sampler_min_images} must be >= 1"),
         (0.0 <= cfg.train.augment_scale < 0.5, f"train.augment_scale={cfg.train.augment_scale} must be in [0, 0.5)"),
         (cfg.loss.triplet_weight >= 0, f"loss.triplet_weight={cfg.loss.triplet_weight} must be >= 0"),
@@ -316,3 +331,9 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def cache_dir(configured: str = "") -> Path:
+    """Where derived data is cached (aligned crops, teacher embeddings): ``configured``, else ``$FACEPIPE_CACHE``,
+    else ``~/.cache/facepipe``."""
+    return Path(configured or os.environ.get("FACEPIPE_CACHE") or Path.home() / ".cache" / "facepipe").expanduser()

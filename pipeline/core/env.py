@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
+
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,42 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> Any:
+    """The torch device for ``name``: ``auto`` picks CUDA, then Apple MPS, then the CPU; ``cuda``, ``cuda:N`` and
+    ``mps`` must be present (the error says which accelerators this machine has)."""
+    import torch
+
+    base = name.split(":", 1)[0]
+    if base not in DEVICES:
+        raise ConfigError(f"device {name!r} is not one of {list(DEVICES)} (or cuda:N)")
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if base == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (base == "cuda" and not cuda) or (base == "mps" and not mps):
+        have = [d for d, ok in (("cuda", cuda), ("mps", mps)) if ok] or ["cpu only"]
+        raise ConfigError(f"device {name!r} is not available on this machine (available: {', '.join(have)}); "
+                          "use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: Any, amp: str) -> Any:
+    """The autocast dtype for ``amp`` (``auto``: bf16 on CUDA when supported, else fp16 on CUDA/MPS; off on the
+    CPU, where it is slower here) or None for full fp32. ``amp``: auto | bf16 | fp16 | off."""
+    import torch
+
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"amp={amp!r} is not one of ['auto', 'bf16', 'fp16', 'off']")
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
 
 
 apply_defaults()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError
-from pipeline.data.image_batch import decode_faces
+from pipeline.faces.loader import FacePreprocessing, load_faces
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class EvalSet:
 
 
 def build_eval_set(name: str, table: pd.DataFrame, people: frozenset[str], pairs: pd.DataFrame | None,
-                   crop_fraction: float, size_px: int) -> EvalSet:
+                   prep: FacePreprocessing) -> EvalSet:
     """Decode every image of ``people`` from an image table; map ``pairs`` (path1/path2 relative) onto them.
 
     Pairs whose images failed to decode are dropped (they are in ``rejects``).
@@ -43,7 +43,7 @@ def build_eval_set(name: str, table: pd.DataFrame, people: frozenset[str], pairs
     rows = table[table["identity"].isin(people)].reset_index(drop=True)
     if rows.empty:
         raise DataError(f"{name} set: none of its {len(people)} people have images in the data")
-    faces = decode_faces(rows["abs_path"].tolist(), rows["image_path"].tolist(), crop_fraction, size_px)
+    faces = load_faces(rows["abs_path"].tolist(), rows["image_path"].tolist(), prep)
     kept = rows.iloc[faces.keep].reset_index(drop=True)
     pos = {p: i for i, p in enumerate(kept["image_path"])}
     if pairs is not None and len(pairs):

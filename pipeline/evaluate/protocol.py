@@ -20,6 +20,7 @@ from pipeline.evaluate.metrics import (
     kfold_accuracy,
     verification_report,
 )
+from pipeline.faces.loader import preprocessing_from_meta
 from pipeline.model.artifacts import LoadedModel
 from pipeline.model.embed import embed_array
 from pipeline.model.encoder import Encoder
@@ -108,7 +109,7 @@ def evaluate_model(model: LoadedModel, table: pd.DataFrame, people: frozenset[st
     """
     pre = model.meta["preprocessing"]
     t0 = time.monotonic()
-    es = build_eval_set(name, table, people, pairs, float(pre["crop_fraction"]), int(pre["image_size_px"]))
+    es = build_eval_set(name, table, people, pairs, preprocessing_from_meta(pre))
     emb = embed_array(model.encoder, es.images, flip_tta=bool(pre["flip_tta"]), mean=tuple(pre["mean"]),
                       std=tuple(pre["std"]), progress=progress)
     seconds = time.monotonic() - t0

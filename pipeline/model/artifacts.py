@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.env import resolve_device
 from pipeline.core.errors import ConfigError, ModelArtifactError
 from pipeline.core.io import atomic_path, file_digest, write_bytes_atomic
 from pipeline.model.encoder import (
@@ -67,9 +68,16 @@ def compute_model_version(weights_sha256: str, backbone: str, embedding_dim: int
     return "m-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool) -> dict[str, Any]:
-    return {"crop_fraction": crop_fraction, "image_size_px": image_size_px, "mean": list(INPUT_MEAN),
-            "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
+def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool,
+                       face: dict[str, Any] | None = None) -> dict[str, Any]:
+    """model.json's ``preprocessing``: with ``face`` (detector, aligned_px, alignment version, template; see
+    `pipeline.faces.loader.face_section`) photos are aligned first and the crop applies to the aligned face. All of
+    it is part of ``model_version``, so a store refuses queries prepared another way."""
+    out = {"crop_fraction": crop_fraction, "image_size_px": image_size_px, "mean": list(INPUT_MEAN),
+           "std": list(INPUT_STD), "flip_tta": flip_tta, "color": "RGB"}
+    if face is not None:
+        out["face"] = face
+    return out
 
 
 def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: str, head: str = "gap",
@@ -140,7 +148,8 @@ def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> LoadedModel:
-    """Load and verify a model directory: JSON keys, weights hash, version hash, architecture."""
+    """Load and verify a model directory: JSON keys, weights hash, version hash, architecture. The encoder is put
+    on ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``; see `pipeline.core.env.resolve_device`)."""
     d = Path(model_dir)
     meta = read_model_meta(d)
     weights = d / WEIGHTS
@@ -157,9 +166,9 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Loa
     except ConfigError as exc:
         raise ModelArtifactError(f"{d / META}: {exc}") from exc
     try:
-        state = load_file(weights, device=device)
+        state = load_file(weights, device="cpu")
         encoder.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelArtifactError(f"{weights} does not fit backbone {meta['backbone']!r}: {exc}") from exc
-    encoder.eval()
+    encoder.to(resolve_device(device)).eval()
     return LoadedModel(encoder=encoder, meta=meta, path=d)

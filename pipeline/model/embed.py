@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.data.image_batch import decode_table
 from pipeline.data.manifest import empty_rejects
+from pipeline.faces.loader import load_table, preprocessing_from_meta
+from pipeline.faces.policy import Mode
 from pipeline.model.artifacts import LoadedModel
 from pipeline.model.encoder import Encoder
 
@@ -43,14 +44,15 @@ def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int = 256, 
     """
     was_training = encoder.training
     encoder.eval()
+    device = next(encoder.parameters()).device  # batches go where the encoder is (CPU, CUDA or MPS)
     out = np.zeros((len(images), encoder.embedding_dim), dtype=np.float32)
     try:
         for start in range(0, len(images), batch_size):
-            x = to_input(images[start : start + batch_size], mean, std)
+            x = to_input(images[start : start + batch_size], mean, std).to(device, non_blocking=True)
             e = encoder.embed(x)
             if flip_tta:
                 e = torch.nn.functional.normalize(e + encoder.embed(torch.flip(x, dims=[3])), dim=1)
-            out[start : start + len(x)] = e.numpy()
+            out[start : start + len(x)] = e.float().cpu().numpy()
             if progress is not None:
                 progress(len(x))
     finally:
@@ -68,17 +70,27 @@ class EmbeddedChunk:
 
 
 def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
-                     progress: Callable[[int], None] | None = None) -> Iterator[EmbeddedChunk]:
-    """Decode and embed an image table chunk by chunk (memory bounded by ``chunk_size``)."""
+                     progress: Callable[[int], None] | None = None, mode: Mode | str = Mode.QUERY,
+                     already_aligned: bool = False) -> Iterator[EmbeddedChunk]:
+    """Load faces the model's way (`pipeline.faces.loader`: align when the model was trained on aligned faces)
+    and embed an image table chunk by chunk (memory bounded by ``chunk_size``).
+
+    ``mode``: ``enrol`` rejects faces the policy refuses (too small, blurry, turned, ambiguous) with the measured
+    value; ``query`` lets them through and reports them. With alignment, each kept row gains the face columns
+    (``faces_found``, ``face_score``, ``interocular_px``, ``sharpness``, ``yaw_deg``, ``quality_flags``).
+    """
     pre = model.meta["preprocessing"]
+    prep = preprocessing_from_meta(pre, mode=mode)
     for start in range(0, len(table), chunk_size):
         part = table.iloc[start : start + chunk_size]
-        faces = decode_table(part, float(pre["crop_fraction"]), int(pre["image_size_px"]))
+        faces = load_table(part, prep, already_aligned=already_aligned)
         emb = embed_array(model.encoder, faces.images, batch_size=batch_size, flip_tta=bool(pre["flip_tta"]),
                           mean=tuple(pre["mean"]), std=tuple(pre["std"]))
         if progress is not None:
             progress(len(part))
         rows = part.iloc[faces.keep].drop(columns=["error"], errors="ignore").reset_index(drop=True)
+        if len(faces.info.columns):
+            rows = pd.concat([rows, faces.info.reset_index(drop=True)], axis=1)
         yield EmbeddedChunk(rows, emb, faces.rejects)
 
 

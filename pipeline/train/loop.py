@@ -7,6 +7,7 @@ the validation people every ``eval_every_steps``, keep the best model, calibrate
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -14,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from pipeline.core.config import Config, member_shares, to_dict
-from pipeline.core.env import set_threads
+from pipeline.core.env import autocast_dtype, resolve_device, set_threads
 from pipeline.core.errors import ConfigError
 from pipeline.data.splits import identity_hashes
 from pipeline.evaluate.calibration import achieved_far, calibrate_thresholds
@@ -33,7 +33,7 @@ from pipeline.model.encoder import (
     parse_backbone,
 )
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.augment import augment
+from pipeline.train.batches import epoch_batches
 from pipeline.train.prepare import TrainingData
 from pipeline.train.recipe import (
     build_distillation,
@@ -42,6 +42,7 @@ from pipeline.train.recipe import (
     build_sampler,
 )
 from pipeline.train.schedule import lr_at, update_ema
+from pipeline.train.teacher_targets import attach_teacher
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,15 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     An ensemble spec (``model.backbone="a+b"``) trains its members one after another, each in its
     share (``train.member_shares``) of the time left, each with its own seed (``train.seed + i``) and
     checkpoint (``checkpoint/member-i``); a resumed run skips the members that finished.
+    With ``distill.teacher`` set, every batch is also supervised by the teacher's embeddings of its images
+    (`pipeline.train.teacher_targets.attach_teacher`, cached on disk) through `DistillationLoss`.
     """
     t0 = time.monotonic()
     out = Path(out_dir)
     if cfg.train.threads:
         set_threads(cfg.train.threads)
+    if cfg.distill.teacher and data.teacher is None:  # teacher embeddings: from the cache, missing ones computed
+        data = attach_teacher(data, cfg)
     specs = parse_backbone(cfg.model.backbone)
     shares = member_shares(cfg)
     single = len(specs) == 1
@@ -135,7 +140,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         "steps": steps, "epochs": round(epochs, 2), "seconds": round(seconds, 1),
         "train_images": int(len(data.labels)), "train_people": len(data.class_names),
         "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
-        "train_identity_hashes": identity_hashes(data.class_names)}
+        "train_identity_hashes": identity_hashes(data.class_names),
+        "device": str(resolve_device(cfg.train.device)), "torch_threads": torch.get_num_threads()}
     if data.teacher_info is not None:
         training["teacher"] = data.teacher_info
         training["distill"] = to_dict(cfg)["distill"]
@@ -144,7 +150,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
                                 "best_val_auc": m.best_auc} for (n, v), m in zip(specs, members)]
     meta = save_model(
         model, out, backbone=backbone_spec(specs), head=cfg.model.head,
-        preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta),
+        preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta,
+                                         face=data.face),
         thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
         training=training,
     )
@@ -160,7 +167,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     index, of = member
     seed = cfg.train.seed + index
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    device = resolve_device(cfg.train.device)
+    amp = autocast_dtype(device, cfg.train.amp)
 
     model = build_encoder(backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
@@ -168,16 +176,16 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     loss_fn = build_loss(cfg, len(data.class_names))
     distill = build_distillation(cfg, model.embedding_dim, data.teacher)  # None without a teacher
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(device=device, memory_format=memory_format)
     ema = copy.deepcopy(model).eval() if cfg.train.ema_decay > 0 else None
     kept = ema if ema is not None else model  # the weights that are evaluated and saved
     # what the checkpoint stores besides the model: loss parameters (+ distillation projection, weight average)
-    losses = loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})
+    losses = (loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})).to(device)
     extra: nn.Module = losses if ema is None else nn.ModuleDict({"loss": losses, "ema": ema})
     params = list(model.parameters()) + list(losses.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sampler = build_sampler(cfg, data.labels, seed) if distill is None else build_distillation_sampler(cfg, data, seed)
-    teacher = None if data.teacher is None else torch.from_numpy(data.teacher)
+    teacher = None if data.teacher is None else torch.from_numpy(data.teacher).to(device)
     steps_per_epoch = max(1, len(sampler))
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
@@ -190,7 +198,6 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
             log.info("member %d finished before (step %d, best val AUC %.4f): kept", index, step, best_auc)
             ckpt.load_best(ckpt_dir, model)
             return _Member(model.eval(), step, step / steps_per_epoch, history, best_auc, False)
-        rng = np.random.default_rng(seed + step)
         log.info("resumed at step %d of %d (best val AUC %.4f)", step, total_steps, best_auc)
 
     def evaluate_and_keep(done: bool = False) -> None:
@@ -224,8 +231,9 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     interrupted = False
     model.train()
     try:
-        while True:
-            for item in sampler:
+        for epoch in itertools.count(step):  # a resumed run draws new epochs, not the ones it already saw
+            for batch in epoch_batches(sampler, data.images, data.labels, cfg, seed, epoch, device,
+                                       metric_only=distill is None):
                 if total_steps == 0 and step - start_step == WARM_STEPS:
                     timing_start = time.monotonic()
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
@@ -236,18 +244,17 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                     raise StopIteration
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, limit, cfg)
-                batch, n_metric = item if distill is not None else (item, len(item))
-                x = augment(data.images[batch], cfg.data.image_size_px, rng, cfg.train.augment,
-                            cfg.train.augment_rotation_deg, cfg.train.augment_scale, cfg.train.augment_erase,
-                            cfg.train.augment_gray)
-                labels = torch.from_numpy(data.labels[batch[:n_metric]])
-                emb = model.embed(x.contiguous(memory_format=memory_format))
+                x = batch.x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                labels = batch.labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    emb = model.embed(x)
+                emb = emb.float()  # losses in fp32: similarities of unit vectors need the precision
                 if distill is None:
                     loss = loss_fn(emb, labels)
                 else:  # teacher targets for every image; the metric loss on the labelled P x K part only
-                    loss = distill(emb, teacher[batch])
-                    if n_metric and cfg.distill.metric_weight > 0:
-                        loss = loss + cfg.distill.metric_weight * loss_fn(emb[:n_metric], labels)
+                    loss = distill(emb, teacher[batch.indices.to(device)])
+                    if batch.n_metric and cfg.distill.metric_weight > 0:
+                        loss = loss + cfg.distill.metric_weight * loss_fn(emb[: batch.n_metric], labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -12,11 +12,11 @@ import pandas as pd
 
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
-from pipeline.data.image_batch import decode_faces
 from pipeline.data.manifest import read_images
 from pipeline.data.pairs import parse_pairs
 from pipeline.data.splits import Split, make_pairs, split_by_pairs, split_random
 from pipeline.evaluate.evalset import EvalSet, build_eval_set
+from pipeline.faces.loader import face_section, load_faces, preprocessing_from_config
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class TrainingData:
     rejects: pd.DataFrame
     teacher: np.ndarray | None = None
     teacher_info: dict[str, Any] | None = None
+    rows: pd.DataFrame | None = None  # the training images' table rows (image_path, abs_path, identity), row-aligned
+    face: dict[str, Any] | None = None  # the alignment the faces were made with (model.json "face"); None: central crop
 
 
 def val_from_train(table: pd.DataFrame, split: Split, fraction: float, seed: int) -> Split:
@@ -89,13 +91,15 @@ def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Confi
     size = cfg.data.image_size_px
     load_px = int(round(size * AUGMENT_MARGIN)) if cfg.train.augment else size
     load_crop = min(1.0, cfg.data.crop_fraction * load_px / size)
-    faces = decode_faces(train_rows["abs_path"].tolist(), train_rows["image_path"].tolist(), load_crop, load_px)
+    prep = preprocessing_from_config(cfg, crop_fraction=load_crop, size_px=load_px)
+    faces = load_faces(train_rows["abs_path"].tolist(), train_rows["image_path"].tolist(), prep)
     kept = train_rows.iloc[faces.keep].reset_index(drop=True)
     class_names = sorted(set(kept["identity"]))
     index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([index[c] for c in kept["identity"]], dtype=np.int64)
-    val = build_eval_set("val", table, split.val, split.val_pairs, cfg.data.crop_fraction, size)
+    val = build_eval_set("val", table, split.val, split.val_pairs, preprocessing_from_config(cfg))
     rejects = pd.concat([faces.rejects, val.rejects], ignore_index=True)
     log.info("training faces: %d images of %d people (%d rejected); val: %d images", len(labels), len(class_names),
              len(rejects), len(val.images))
-    return TrainingData(faces.images, labels, class_names, val, split, table, rejects)
+    return TrainingData(faces.images, labels, class_names, val, split, table, rejects, rows=kept,
+                        face=face_section(prep))

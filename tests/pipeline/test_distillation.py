@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.data.splits import Split
 from pipeline.evaluate.evalset import EvalSet
 from pipeline.model.artifacts import load_model
@@ -19,8 +19,8 @@ from pipeline.model.embed import embed_array
 from pipeline.train.loop import train
 from pipeline.train.losses.distillation import DistillationLoss
 from pipeline.train.prepare import TrainingData
+from pipeline.train.recipe import build_distillation
 from pipeline.train.sampling import DistillationSampler, PKSampler
-
 
 DISTILL_RUN = ["model.backbone=test_resnet", "model.embedding_dim=16", "data.image_size_px=32", "data.crop_fraction=1.0",
                "train.augment=false", "train.minutes=2", "train.eval_every_steps=30", "train.ema_decay=0",
@@ -126,5 +126,7 @@ def test_a_teacher_without_targets_is_a_clear_error(tmp_path: Path) -> None:
     plain = TrainingData(data.images, data.labels, data.class_names, data.val, data.split, data.table, data.rejects)
     cfg = load_config(None, ["model.backbone=test_resnet", "model.embedding_dim=16", "data.image_size_px=32",
                              "distill.teacher=sface", "train.max_steps=2", "train.identities_per_batch=2"])
-    with pytest.raises(ConfigError, match="no teacher embeddings"):
+    with pytest.raises(DataError, match="needs the training rows"):
         train(cfg, plain, tmp_path / "m")
+    with pytest.raises(ConfigError, match="no teacher embeddings"):
+        build_distillation(cfg, 16, None)

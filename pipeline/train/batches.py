@@ -1,0 +1,71 @@
+"""Training batches made ready for the model: sampler items -> augmented float tensors (+ labels, indices).
+
+On the CPU the batches are made in the training process (worker processes would compete with the model for the
+same cores); on an accelerator a `torch.utils.data.DataLoader` makes them in ``train.loader_workers`` processes
+into pinned memory while the device computes. Each batch's augmentation is seeded by (seed, epoch, batch index),
+so the batches are the same whichever process makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.core.config import Config
+from pipeline.train.augment import augment
+
+
+@dataclass(frozen=True)
+class Batch:
+    """indices int64 (B,) into the training images; the first ``n_metric`` form the labelled P x K part;
+    x float (B, 3, S, S); labels int64 (n_metric,)."""
+
+    indices: torch.Tensor
+    n_metric: int
+    x: torch.Tensor
+    labels: torch.Tensor
+
+
+class AugmentedBatches(IterableDataset):
+    """One epoch of sampler items, augmented (`pipeline.train.augment`)."""
+
+    def __init__(self, items: list[tuple[np.ndarray, int]], images: np.ndarray, labels: np.ndarray, cfg: Config,
+                 seed: int, epoch: int) -> None:
+        super().__init__()
+        self.items, self.images, self.labels, self.cfg, self.seed, self.epoch = items, images, labels, cfg, seed, epoch
+
+    def make(self, i: int) -> Batch:
+        idx, n_metric = self.items[i]
+        t = self.cfg.train
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        x = augment(self.images[idx], self.cfg.data.image_size_px, rng, t.augment, t.augment_rotation_deg,
+                    t.augment_scale, t.augment_erase, t.augment_gray)
+        return Batch(torch.from_numpy(idx), n_metric, x, torch.from_numpy(self.labels[idx[:n_metric]]))
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, me = (1, 0) if info is None else (info.num_workers, info.id)
+        for i in range(me, len(self.items), workers):  # the DataLoader reads workers round-robin: order is kept
+            yield self.make(i)
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def epoch_batches(sampler: Iterable[Any], images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int,
+                  epoch: int, device: torch.device, *, metric_only: bool) -> Iterable[Batch]:
+    """The batches of one epoch for ``device``. ``metric_only``: the sampler yields index arrays (every item is
+    labelled P x K); otherwise ``(indices, n_metric)`` pairs (distillation)."""
+    items = [(np.asarray(it, dtype=np.int64), len(it)) if metric_only else (np.asarray(it[0], dtype=np.int64), int(it[1]))
+             for it in sampler]
+    data = AugmentedBatches(items, images, labels, cfg, seed, epoch)
+    if device.type == "cpu" or cfg.train.loader_workers == 0:
+        return (data.make(i) for i in range(len(items)))
+    return DataLoader(data, batch_size=None, collate_fn=_identity, num_workers=cfg.train.loader_workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4)
