@@ -1,4 +1,8 @@
-"""CLI commands about the gallery store: enroll, verify, identify, remove, info."""
+"""CLI commands about the gallery store: enroll, verify, identify, remove, info.
+
+``--aligned`` (enroll / verify / identify: the inputs are aligned crops, detection is skipped) and ``--report DIR``
+(identify: the review page, `pipeline.serve.report`) are read with ``getattr`` so a parser without them still works.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ def cmd_enroll(args: argparse.Namespace, out) -> int:
     before = len(store)
     t0 = time.monotonic()
     with progress(len(images), "enrol", enabled=not args.quiet) as update:
-        added, rejects = run_chunked(partial(enroll_chunk, store, model), images, args.chunk_size, update)
+        added, rejects = run_chunked(partial(enroll_chunk, store, model, aligned=_aligned(args)), images,
+                                     args.chunk_size, update)
     dt = time.monotonic() - t0
     out(f"enrolled {len(added)} image(s) of {added['identity'].nunique() if len(added) else 0} identities "
         f"into {args.index} in {dt:.1f} s; store now holds {len(store)} rows (was {before}), "
@@ -41,14 +46,15 @@ def cmd_verify(args: argparse.Namespace, out) -> int:
     probes = read_probes(args.probes)
     store, model = open_gallery(args.index, args.model)
     with progress(len(probes), "verify", enabled=not args.quiet) as update:
-        res, rejects = run_chunked(partial(verify_chunk, store, model, threshold=args.threshold), probes,
-                                   args.chunk_size, update)
+        res, rejects = run_chunked(partial(verify_chunk, store, model, threshold=args.threshold,
+                                           aligned=_aligned(args)), probes, args.chunk_size, update)
     write_parquet_atomic(res, args.out)
     n_match = int(res["match"].sum()) if len(res) else 0
     unknown = int((~res["known"]).sum()) if len(res) else 0
     out(f"verified {len(res)} claim(s): {n_match} match, {len(res) - n_match} no match "
         f"({unknown} claimed an identity not enrolled); threshold "
         f"{f'{res.threshold.iloc[0]:.4f}' if len(res) else '-'} -> {args.out}")
+    _say_flagged(res, out)
     write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
     return 0
 
@@ -58,15 +64,40 @@ def cmd_identify(args: argparse.Namespace, out) -> int:
     store, model = open_gallery(args.index, args.model)
     t0 = time.monotonic()
     with progress(len(probes), "identify", enabled=not args.quiet) as update:
-        res, rejects = run_chunked(partial(identify_chunk, store, model, top_k=args.top_k, threshold=args.threshold),
-                                   probes, args.chunk_size, update)
+        res, rejects = run_chunked(partial(identify_chunk, store, model, top_k=args.top_k, threshold=args.threshold,
+                                           aligned=_aligned(args)), probes, args.chunk_size, update)
     write_parquet_atomic(res, args.out)
     top1 = res[res["rank"] == 1] if len(res) else res
     n_unknown = int((top1["decision"] == "unknown").sum()) if len(res) else 0
     out(f"identified {len(top1)} probe(s) in {time.monotonic() - t0:.1f} s: {len(top1) - n_unknown} matched an "
         f"enrolled identity, {n_unknown} unknown -> {args.out}")
+    _say_flagged(top1, out)
     write_rejects(rejects, Path(args.out).with_suffix(".rejects.parquet"), out)
+    if getattr(args, "report", None):
+        from pipeline.serve.report import write_review_page
+
+        page = write_review_page(res, rejects, store.metadata(), args.report, model=model, probes=probes,
+                                 threshold=args.threshold if args.threshold is not None else store.threshold,
+                                 aligned=_aligned(args))
+        out(f"review page -> {page}")
     return 0
+
+
+def _say_flagged(res, out) -> None:
+    """One line on probes answered although the enrolment policy would refuse their face (query mode)."""
+    flags = res["quality_flags"].dropna() if "quality_flags" in res.columns else []
+    flags = [f for f in flags if f]
+    if flags:
+        counts: dict[str, int] = {}
+        for f in flags:
+            for code in f.split(","):
+                counts[code] = counts.get(code, 0) + 1
+        out(f"{len(flags)} probe(s) answered with poor faces (column quality_flags): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def _aligned(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "aligned", False))
 
 
 def cmd_remove(args: argparse.Namespace, out) -> int:

@@ -14,11 +14,18 @@ from pipeline.core.errors import DataError
 
 # pandas dtypes; "string" is pandas' nullable string, "boolean" / "Int64" its nullable bool / int
 REJECTS: dict[str, str] = {"image_path": "string", "error": "string"}
-ENROLLED: dict[str, str] = {"row_id": "int64", "identity": "string", "image_path": "string", "image_sha256": "string"}
+# what the face aligner measured on the (probe or enrolled) photo; null for a model without alignment.
+# faces_found: detections in the photo (1 for --aligned input); face_score: detector score; interocular_px:
+# eye distance in the photo; sharpness: of the aligned crop; yaw_deg: estimated head turn; quality_flags:
+# comma-separated policy codes the face breaks (query mode lets it through: "" = none; see pipeline/faces/policy.py)
+FACE: dict[str, str] = {"faces_found": "Int64", "face_score": "float32", "interocular_px": "float32",
+                        "sharpness": "float32", "yaw_deg": "float32", "quality_flags": "string"}
+ENROLLED: dict[str, str] = {"row_id": "int64", "identity": "string", "image_path": "string", "image_sha256": "string",
+                            **FACE}
 IDENTIFY: dict[str, str] = {"image_path": "string", "rank": "int64", "identity": "string", "score": "float32",
-                            "decision": "string", "model_version": "string"}
+                            "decision": "string", "model_version": "string", **FACE}
 VERIFY: dict[str, str] = {"image_path": "string", "claimed_identity": "string", "score": "float32",
-                          "threshold": "float64", "match": "bool", "known": "bool", "model_version": "string"}
+                          "threshold": "float64", "match": "bool", "known": "bool", "model_version": "string", **FACE}
 
 
 def empty(schema: dict[str, str]) -> pd.DataFrame:
@@ -36,9 +43,10 @@ def conform(table: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
             except (TypeError, ValueError) as exc:
                 raise DataError(f"column {name!r} cannot be stored as {dtype}: {exc}") from exc
         else:
-            # a numpy bool column cannot hold nulls: missing values of a non-empty table are pandas' nullable bool
-            fill = "boolean" if dtype == "bool" and len(table) else dtype
-            out[name] = pd.Series([pd.NA] * len(table), index=table.index, dtype=fill)
+            # numpy bool / int columns cannot hold nulls: missing values of a non-empty table are pandas' nullable
+            # bool / Int64; float columns hold NaN
+            fill = {"bool": "boolean", "int64": "Int64"}.get(dtype, dtype) if len(table) else dtype
+            out[name] = pd.Series(index=table.index, dtype=fill)
     for name in table.columns:
         if name not in schema:
             out[name] = table[name]

@@ -3,6 +3,12 @@
 The only pipeline module (with the CLI and demo) that imports ``indexes``; the CLI and the Prefect
 flows both call it, so a flow's results equal the CLI's by construction. Work is done in chunks
 (bounded memory); each chunk returns its own rejects, and a bad image never stops a batch.
+
+Face policy (models trained on aligned faces): enrolment embeds in ``Mode.ENROL`` (no face, an ambiguous
+second face, too small, low detector score, blurry or turned faces become rejects whose ``error`` names the
+reason, the measured value and the limit); verify / identify embed in ``Mode.QUERY`` (only "no face" and
+unreadable files are rejects; the others go through and their rows carry ``faces_found``, the quality
+columns and ``quality_flags``). ``aligned=True`` says the inputs are aligned crops already (no detection).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pipeline.core.errors import DataError
 from pipeline.core.io import atomic_path, file_digest, write_parquet_atomic
 from pipeline.data import schemas
 from pipeline.data.manifest import empty_rejects, read_images
+from pipeline.faces.loader import QUALITY_COLUMNS
+from pipeline.faces.policy import Mode
 from pipeline.model.artifacts import LoadedModel, load_model
 from pipeline.model.embed import iter_embed_table, read_embeddings
 
@@ -68,8 +76,10 @@ def chunks(table: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield table.iloc[start : start + size].reset_index(drop=True)
 
 
-def _embed(model: LoadedModel, table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Embed one chunk: from images, or from a precomputed ``embedding`` column (checked for the model)."""
+def _embed(model: LoadedModel, table: pd.DataFrame, *, mode: Mode | str = Mode.QUERY,
+           aligned: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Embed one chunk: from images (faces made the model's way, under ``mode``; ``aligned``: the files are
+    aligned crops already), or from a precomputed ``embedding`` column (checked for the model)."""
     if "embedding" in table.columns:
         versions = set(table.get("model_version", pd.Series([model.model_version])).dropna())
         if versions - {model.model_version}:
@@ -77,7 +87,10 @@ def _embed(model: LoadedModel, table: pd.DataFrame) -> tuple[pd.DataFrame, np.nd
                             "re-embed the probes with this model")
         emb = np.stack([np.asarray(v, dtype=np.float32) for v in table["embedding"]])
         return table.drop(columns=["embedding"]), emb, empty_rejects()
-    (chunk,) = list(iter_embed_table(model, table, chunk_size=max(1, len(table))))
+    # face columns of an earlier embedding (a batch re-embedded by another model) are measured again
+    table = table.drop(columns=[c for c in QUALITY_COLUMNS if c in table.columns])
+    (chunk,) = list(iter_embed_table(model, table, chunk_size=max(1, len(table)), mode=Mode(mode),
+                                     already_aligned=aligned))
     return chunk.rows, chunk.embeddings, chunk.rejects
 
 
@@ -100,8 +113,13 @@ def _sha_or_none(path: object) -> str | None:
         return None  # decoding reports the reason as a reject
 
 
-def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: Collection[str] = ()) -> EnrolBatch:
+def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: Collection[str] = (), *,
+                        aligned: bool = False, mode: Mode | str = Mode.ENROL) -> EnrolBatch:
     """Hash and embed one chunk of an image table, skipping images whose sha256 is in ``known_sha256``.
+
+    ``mode`` is ``Mode.ENROL`` (the face policy rejects bad faces, naming the measured value and the limit);
+    re-embedding images that are enrolled already uses ``Mode.QUERY`` (`reembed_chunk`). ``aligned``: the
+    files are aligned crops (no detection).
 
     An ``image_sha256`` column already in ``table`` (e.g. from a store's metadata) is what the file must
     still hash to: a file that changed is rejected ("image changed since enrolment").
@@ -115,7 +133,7 @@ def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: C
     if todo.empty:
         rows, emb, rejects = todo, np.zeros((0, model.encoder.embedding_dim), np.float32), empty_rejects()
     else:
-        rows, emb, rejects = _embed(model, todo)
+        rows, emb, rejects = _embed(model, todo, mode=mode, aligned=aligned)
     if changed.any():
         rejects = pd.concat([rejects, pd.DataFrame({"image_path": table.loc[changed, "image_path"].astype(str),
                                                     "error": "image changed since enrolment (sha256 differs)"})],
@@ -131,12 +149,13 @@ def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
     """Enrol an embedded batch in ONE atomic commit. The store keeps the ABSOLUTE image path, so the gallery
     can be re-embedded with a new model later (`reembed_chunk`, `sync_store`).
 
-    Results: the added rows (row_id, identity, image_path, image_sha256). Images already enrolled (same
-    sha256) are skipped and reported in rejects under the path the user gave.
+    Results: the added rows (row_id, identity, image_path, image_sha256, then the face columns of
+    `schemas.FACE`, null for a model without alignment). Images already enrolled (same sha256) are skipped and
+    reported in rejects under the path the user gave.
     """
     rows, rejects = batch.rows, batch.rejects
     if rows.empty:
-        return ChunkResult(schemas.empty(schemas.ENROLLED), rejects)
+        return ChunkResult(schemas.empty(schemas.ENROLLED), schemas.conform(rejects, schemas.REJECTS))
     res = store.enroll(batch.embeddings, rows["identity"].astype(str).tolist(), rows["abs_path"].astype(str).tolist(),
                        rows["image_sha256"].astype(str).tolist(), model_version=batch.model_version)
     dup = res.duplicates
@@ -148,39 +167,52 @@ def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
                       for s, r, i in zip(dup["image_sha256"], dup["existing_row_id"], dup["existing_identity"])],
         })
         rejects = pd.concat([rejects, dup_rejects], ignore_index=True)
-    return ChunkResult(schemas.conform(res.added, schemas.ENROLLED), schemas.conform(rejects, schemas.REJECTS))
+    added = res.added
+    face = [c for c in schemas.FACE if c in rows.columns]
+    if face and len(added):
+        by_sha = rows.drop_duplicates("image_sha256").set_index("image_sha256")[face]
+        added = added.join(by_sha, on="image_sha256")
+    return ChunkResult(schemas.conform(added, schemas.ENROLLED), schemas.conform(rejects, schemas.REJECTS))
 
 
-def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame) -> ChunkResult:
-    """Embed and enrol one chunk (identity + image_path rows) in ONE atomic commit (see `commit_enrolment`)."""
-    return commit_enrolment(store, embed_for_enrolment(model, table))
+def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, aligned: bool = False) -> ChunkResult:
+    """Embed (``Mode.ENROL``) and enrol one chunk (identity + image_path rows) in ONE atomic commit (see
+    `commit_enrolment`); faces the policy refuses are rejects naming the measured value and the limit.
+    ``aligned``: the files are aligned crops already (no detection; blur is still checked)."""
+    return commit_enrolment(store, embed_for_enrolment(model, table, aligned=aligned))
 
 
 def identify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, top_k: int = 5,
-                   threshold: float | None = None) -> ChunkResult:
-    """1:N with open-set rejection for one chunk of probes.
+                   threshold: float | None = None, aligned: bool = False) -> ChunkResult:
+    """1:N with open-set rejection for one chunk of probes (``Mode.QUERY``: poor faces are answered, flagged).
 
-    Results: image_path, rank, identity, score, decision, model_version (top_k rows per probe).
+    Results: image_path, rank, identity, score, decision, model_version (top_k rows per probe), then the
+    probe's face columns (`schemas.FACE`, repeated on its k rows; null without alignment).
     """
-    rows, emb, rejects = _embed(model, table)
+    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned)
     if rows.empty:
         return ChunkResult(schemas.empty(schemas.IDENTIFY), schemas.conform(rejects, schemas.REJECTS))
     res = store.identify(emb, model_version=model.model_version, top_k=top_k, threshold=threshold)
-    res.insert(0, "image_path", rows["image_path"].to_numpy()[res["query_index"].to_numpy()])
+    qi = res["query_index"].to_numpy()
+    res.insert(0, "image_path", rows["image_path"].to_numpy()[qi])
     res = res.drop(columns=["query_index"])
     res["model_version"] = model.model_version
+    for col in schemas.FACE:
+        if col in rows.columns:
+            res[col] = rows[col].to_numpy()[qi]
     return ChunkResult(schemas.conform(res, schemas.IDENTIFY), schemas.conform(rejects, schemas.REJECTS))
 
 
 def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *,
-                 threshold: float | None = None) -> ChunkResult:
-    """1:1 claims for one chunk (rows need ``claimed_identity``).
+                 threshold: float | None = None, aligned: bool = False) -> ChunkResult:
+    """1:1 claims for one chunk (rows need ``claimed_identity``; ``Mode.QUERY``: poor faces are answered, flagged).
 
-    Results: the probe's columns + score (cosine), threshold, match (bool), known, model_version.
+    Results: the probe's columns + score (cosine), threshold, match (bool), known, model_version, the face
+    columns (`schemas.FACE`; null without alignment).
     """
     if "claimed_identity" not in table.columns:
         raise DataError(f"verify probes need a 'claimed_identity' column; found {list(table.columns)}")
-    rows, emb, rejects = _embed(model, table)
+    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned)
     if rows.empty:
         return ChunkResult(schemas.conform(rows.drop(columns=["abs_path", "model_version", "embedding"], errors="ignore"),
                                            schemas.VERIFY), schemas.conform(rejects, schemas.REJECTS))
@@ -252,7 +284,9 @@ def reembed_chunk(model: LoadedModel, table: pd.DataFrame) -> EnrolBatch:
     """Re-embed enrolled images (a `gallery_images` chunk) with ``model``; any missing, unreadable or changed
     image raises DataError, so a gallery is never switched with images silently dropped."""
     require_clean(missing_images(table), "re-embedding")
-    batch = embed_for_enrolment(model, table)
+    # enrolled images passed the policy of their time: a new model re-embeds them in query mode (only a
+    # photo where the new model finds no face at all is refused)
+    batch = embed_for_enrolment(model, table, mode=Mode.QUERY)
     require_clean(batch.rejects, "re-embedding")
     return batch
 
