@@ -87,7 +87,7 @@ def train_model(manifest: Path, out: Path, detector: str) -> Path:
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--data", str(manifest), "--out", str(out), "--minutes",
            "0.3", "-q", "--set", f"data.face_detector={detector}", "--set", "model.backbone=test_resnet",
            "--set", "data.image_size_px=48", "--set", f"data.crop_fraction={crop}", "--set",
-           "model.embedding_dim=32", "--set", "train.member_shares="]
+           "model.embedding_dim=32", "--set", "train.member_shares=", "--set", "distill.teacher="]
     subprocess.run(cmd, check=True, cwd=REPO)
     return out
 

@@ -25,6 +25,7 @@ from flows.settings import (
     task_runner,
 )
 from flows.tasks import (
+    check_reject_share,
     commit_batch,
     embed_images,
     publish,
@@ -42,7 +43,8 @@ D = flow_defaults("enroll")  # flows.toml's values (flows.settings.flow_paramete
 @flow(name="enroll", log_prints=False, task_runner=task_runner(dask_address(), check_api=False))
 def enroll_flow(images: str, index: str | None = None, model: str | None = None, registry: str | None = None,
                 chunk_size: int = D["chunk_size"], rejects_out: str | None = None,
-                max_in_flight: int = D["max_in_flight"]) -> dict[str, Any]:
+                max_in_flight: int = D["max_in_flight"],
+                fail_reject_share: float = D["fail_reject_share"]) -> dict[str, Any]:
     """Enrol every image of ``images`` (identity folders or a manifest with identities) into a gallery."""
     table = read_table(images, require_identities=True)  # first: a bad input creates no store
     target = resolve_target(index, model, registry, create=True)
@@ -59,6 +61,7 @@ def enroll_flow(images: str, index: str | None = None, model: str | None = None,
     counts = {"images": len(table), "enrolled": enrolled, "already_enrolled": skipped, "rejected": len(rejected),
               "identities_added": len(identities), "model_version": target.model_version, "store": target.index_dir}
     publish("Enrolment", counts, rejected, key="enroll-summary")
+    check_reject_share("enrolment", rejected, len(table), fail_reject_share)
     return {**counts, "rejects": rejected}
 
 
@@ -71,6 +74,8 @@ def parser() -> FlowParser:
     p.add_argument("--model", help="model of a new --index store")
     p.add_setting("--chunk-size", "chunks.enroll", "images per embedding task and commit", type=int)
     p.add_setting("--max-in-flight", "chunks.max_in_flight", "embedding tasks at once", type=int)
+    p.add_setting("--fail-reject-share", "rejects.fail_share", "fail the run when at least this share is rejected",
+                  type=float)
     p.add_argument("--rejects", help="Parquet file for rejected images")
     p.add_argument("--dask-address", help="run the embedding chunks on this Dask scheduler (default: "
                                           "$FACEPIPE_DASK_ADDRESS, else [dask] address)")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+import uuid
 from typing import Any
 
 import pandas as pd
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.cli import FlowParser, given, run_main, with_runner
 from flows.settings import (
@@ -28,14 +29,18 @@ from flows.settings import (
     task_runner,
 )
 from flows.tasks import (
+    check_reject_share,
     lookup_chunk,
     merge_parts,
+    parts_folder,
     publish,
     read_table,
     resolve_target,
     windowed,
+    write_report,
     write_table,
 )
+from pipeline.core.errors import DataError
 from pipeline.data.manifest import empty_rejects
 from pipeline.serve.gallery import chunks
 
@@ -48,13 +53,17 @@ D = flow_defaults("lookup")  # flows.toml's values (flows.settings.flow_paramete
 @flow(name="lookup", log_prints=False, task_runner=task_runner(dask_address(), check_api=False))
 def lookup_flow(probes: str, out: str, mode: str = "identify", index: str | None = None, model: str | None = None,
                 registry: str | None = None, top_k: int = 5, threshold: float | None = None,
-                chunk_size: int = D["chunk_size"], max_in_flight: int = D["max_in_flight"]) -> dict[str, Any]:
-    """Answer every probe of ``probes`` against a gallery; write ``out`` (Parquet) and ``out``.rejects.parquet."""
+                chunk_size: int = D["chunk_size"], max_in_flight: int = D["max_in_flight"],
+                report: str | None = None, fail_reject_share: float = D["fail_reject_share"]) -> dict[str, Any]:
+    """Answer every probe of ``probes`` against a gallery; write ``out`` (Parquet) and ``out``.rejects.parquet;
+    with ``report`` (identify only) also the review page ``report``/index.html, linked as an artifact."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
+    if report is not None and mode != "identify":
+        raise DataError("--report is a review page of identify results; use --mode identify")
     target = resolve_target(index, model, registry)
     table = read_table(probes, require_identities=False)
-    parts_dir = Path(out).parent / f".{Path(out).name}.parts"
+    parts_dir = parts_folder(out, flow_run.get_id() or uuid.uuid4().hex)
     counts: dict[str, int] = {}
     parts, rejects = [], []
     numbered = enumerate(chunks(table, chunk_size))
@@ -65,12 +74,15 @@ def lookup_flow(probes: str, out: str, mode: str = "identify", index: str | None
         parts += [part.path] if part.path else []
         counts = {k: counts.get(k, 0) + v for k, v in part.counts.items()}
         rejects.append(part.rejects)
-    merge_parts(parts, out, mode)
+    merge_parts(parts, out, mode, str(parts_dir))
     rejected = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
     if len(rejected):
         write_table(rejected, out.removesuffix(".parquet") + ".rejects.parquet")
     counts = {**counts, "rejected": len(rejected), "model_version": target.model_version}
     publish(f"Lookup ({mode})", counts, rejected, key=f"lookup-{mode}")
+    check_reject_share(f"lookup ({mode})", rejected, len(table), fail_reject_share)
+    if report is not None:
+        counts["report"] = write_report(target, out, rejected, table, report, threshold)
     return {**counts, "out": out, "rejects": rejected}
 
 
@@ -85,8 +97,11 @@ def parser() -> FlowParser:
     p.add_argument("--model")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--threshold", type=float)
+    p.add_argument("--report", metavar="DIR", help="identify: write a review page DIR/index.html (+ face thumbnails)")
     p.add_setting("--chunk-size", "chunks.lookup", "probes per task", type=int)
     p.add_setting("--max-in-flight", "chunks.max_in_flight", "tasks at once (bounds memory)", type=int)
+    p.add_setting("--fail-reject-share", "rejects.fail_share", "fail the run when at least this share is rejected",
+                  type=float)
     p.add_argument("--dask-address", help="run the chunks on this Dask scheduler (default: $FACEPIPE_DASK_ADDRESS, "
                                           "else [dask] address)")
     return p
@@ -94,7 +109,7 @@ def parser() -> FlowParser:
 
 def run(a: argparse.Namespace, settings: FlowSettings) -> dict[str, Any]:
     params = {**flow_parameters(settings)["lookup"], **given(a, "probes", "out", "mode", "index", "model", "top_k",
-                                                             "threshold")}
+                                                             "threshold", "report")}
     if a.registry is None and (a.index is not None or a.model is not None):
         params["registry"] = None  # --index/--model instead of the settings' registry
     res = with_runner(lookup_flow, a.dask_address, settings)(**params)

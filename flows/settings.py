@@ -36,9 +36,9 @@ SETTINGS_ENV = "FACEPIPE_FLOWS_CONFIG"
 DASK_ENV = "FACEPIPE_DASK_ADDRESS"
 FLOWS = ("retrain", "enroll", "lookup", "rollback")
 
-# The retrain recipe of the shipped settings: 3 minutes of the small single backbone (the demo's).
-DEMO_OVERRIDES = ("train.minutes=3", "model.backbone=test_resnet", "train.member_shares=", "data.crop_fraction=0.52",
-                  "data.image_size_px=64")
+# The retrain recipe of the shipped settings: the default (distilled, aligned) recipe for 3 minutes, like the demo;
+# the teacher's embeddings come from the on-disk cache after the first run.
+DEMO_OVERRIDES = ("train.minutes=3",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class RetrainSettings:
 
 
 @dataclass(frozen=True)
+class RejectSettings:
+    fail_share: float = 1.0  # an enrol or lookup run rejecting at least this share of its input ends Failed
+
+
+@dataclass(frozen=True)
 class ChunkSettings:
     enroll: int = 512  # images per embedding task and commit (also the gallery re-embedding and catch-up)
     lookup: int = 2048  # probes per lookup task
@@ -78,6 +83,7 @@ class FlowSettings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     chunks: ChunkSettings = field(default_factory=ChunkSettings)
+    rejects: RejectSettings = field(default_factory=RejectSettings)
     dask: DaskSettings = field(default_factory=DaskSettings)
 
 
@@ -125,7 +131,8 @@ def _validate(s: FlowSettings) -> None:
               (s.retrain.min_improvement >= 0, f"retrain.min_improvement={s.retrain.min_improvement} must be >= 0"),
               (s.chunks.enroll >= 1, f"chunks.enroll={s.chunks.enroll} must be >= 1"),
               (s.chunks.lookup >= 1, f"chunks.lookup={s.chunks.lookup} must be >= 1"),
-              (s.chunks.max_in_flight >= 1, f"chunks.max_in_flight={s.chunks.max_in_flight} must be >= 1")]
+              (s.chunks.max_in_flight >= 1, f"chunks.max_in_flight={s.chunks.max_in_flight} must be >= 1"),
+              (0 < s.rejects.fail_share <= 1, f"rejects.fail_share={s.rejects.fail_share} must be in (0, 1]")]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
@@ -142,8 +149,10 @@ def flow_parameters(s: FlowSettings) -> dict[str, dict[str, Any]]:
                     "overrides": list(r.overrides), "eval_data": r.eval_data, "eval_pairs": r.eval_pairs,
                     "metric": r.metric, "min_improvement": r.min_improvement, "keep_versions": s.registry.keep_versions,
                     "chunk_size": ch.enroll, "max_in_flight": ch.max_in_flight},
-        "enroll": {"registry": reg, "chunk_size": ch.enroll, "max_in_flight": ch.max_in_flight},
-        "lookup": {"registry": reg, "chunk_size": ch.lookup, "max_in_flight": ch.max_in_flight},
+        "enroll": {"registry": reg, "chunk_size": ch.enroll, "max_in_flight": ch.max_in_flight,
+                   "fail_reject_share": s.rejects.fail_share},
+        "lookup": {"registry": reg, "chunk_size": ch.lookup, "max_in_flight": ch.max_in_flight,
+                   "fail_reject_share": s.rejects.fail_share},
         "rollback": {"registry": reg, "chunk_size": ch.enroll},
     }
 

@@ -7,6 +7,9 @@ Tasks take paths and plain tables (not open models or stores) so they can run in
 from __future__ import annotations
 
 import functools
+import logging
+import shutil
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,10 +27,13 @@ from lifecycle import live
 from lifecycle.registry import ModelRegistry
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_parquet_atomic
+from pipeline.data import schemas
 from pipeline.data.manifest import read_images
 from pipeline.model.artifacts import LoadedModel, load_model
 from pipeline.serve import gallery
+from pipeline.serve.report import write_review_page
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -171,16 +177,31 @@ def lookup_chunk(target: Target, chunk: pd.DataFrame, mode: str, top_k: int, thr
     return LookupPart(part_path if len(r.results) else None, lookup_counts(mode, r.results), r.rejects)
 
 
+STALE_PARTS_S = 24 * 3600  # a parts folder untouched this long belongs to a dead run
+
+
+def parts_folder(out: str, run_id: str) -> Path:
+    """The part files of ONE lookup run: ``.<out name>.parts-<run id>`` beside ``out``, so two runs writing the
+    same output (or a crashed run's leftovers) never share parts. Folders of dead runs (untouched for a day)
+    are removed; younger ones may belong to a running lookup and are left alone."""
+    dest = Path(out)
+    for old in dest.parent.glob(f".{dest.name}.parts*"):
+        if old.is_dir() and time.time() - old.stat().st_mtime > STALE_PARTS_S:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed the parts folder of a dead lookup run: %s", old)
+    return dest.parent / f".{dest.name}.parts-{run_id}"
+
+
 @task(cache_policy=NONE, **IO_RETRIES)
-def merge_parts(parts: list[str], out: str, mode: str) -> str:
-    """Concatenate the part files in order into ``out`` (atomic), then delete them."""
-    empty = {"verify": ["image_path", "claimed_identity", "score", "threshold", "match", "model_version"],
-             "identify": ["image_path", "rank", "identity", "score", "decision", "model_version"]}[mode]
-    gallery.concat_parquet(parts, out, empty=pd.DataFrame(columns=empty))
-    for part in parts:
-        Path(part).unlink(missing_ok=True)
-    if parts:
-        Path(parts[0]).parent.rmdir()
+def merge_parts(parts: list[str], out: str, mode: str, parts_dir: str) -> str:
+    """Concatenate this run's part files in order into ``out`` (atomic), then delete its parts folder.
+    Idempotent: a retry after the folder was deleted finds ``out`` written and does nothing."""
+    folder = Path(parts_dir)
+    if parts and not folder.exists() and Path(out).exists():
+        return out  # merged and cleaned by an earlier attempt of this task
+    schema = schemas.VERIFY if mode == "verify" else schemas.IDENTIFY
+    gallery.concat_parquet(parts, out, empty=schemas.empty(schema))
+    shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
@@ -215,3 +236,25 @@ def publish(title: str, counts: dict[str, Any], rejects: pd.DataFrame, key: str,
     if len(rejects):
         create_table_artifact(rejects.head(1000).astype(str).to_dict("records"), key=f"{key}-rejects",
                               description=f"{title}: rejected images (first 1000)")
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
+def write_report(target: Target, results_path: str, rejects: pd.DataFrame, probes: pd.DataFrame, report_dir: str,
+                 threshold: float | None) -> str:
+    """The identify review page (`pipeline.serve.report`) of a lookup, and a link to it as an artifact."""
+    store = cached_store(target.index_dir)
+    page = write_review_page(pd.read_parquet(results_path), rejects, store.metadata(), report_dir,
+                             model=cached_model(target.model_dir), probes=probes,
+                             threshold=store.threshold if threshold is None else threshold)
+    create_markdown_artifact(f"Review page: [{page}](file://{Path(page).resolve()})", key="lookup-review",
+                             description="probes beside their top-k gallery faces, unknowns and rejects first")
+    return str(page)
+
+
+def check_reject_share(what: str, rejected: pd.DataFrame, total: int, fail_share: float) -> None:
+    """End the run Failed (DataError: one line, exit 2 by hand) when ``rejected`` is at least ``fail_share`` of
+    the ``total`` inputs; everything else was already written."""
+    if total and len(rejected) / total >= fail_share:
+        first = rejected.iloc[0]
+        raise DataError(f"{what} rejected {len(rejected)} of {total} input(s) ({len(rejected) / total:.0%}), at or "
+                        f"above [rejects] fail_share={fail_share:g}; first: {first['image_path']}: {first['error']}")

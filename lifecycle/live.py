@@ -14,6 +14,7 @@ import pandas as pd
 
 from indexes import GalleryStore
 from lifecycle.registry import ANY, ModelRegistry, Pair, Pointer
+from pipeline.core.audit import AuditLog
 from pipeline.model.artifacts import load_model
 from pipeline.serve.gallery import (
     ChunkResult,
@@ -42,6 +43,8 @@ def switch_pair(registry: ModelRegistry, model_version: str, store_id: str, *, r
     report = {"added": 0, "removed": 0}
     ptr = registry.switch(model_version, store_id, reason=reason, before_commit=_catch_up(registry, chunk_size, report),
                           expect_live=expect_live)
+    audit(registry).append("promote", model_version=model_version, store=store_id, reason=reason,
+                           caught_up=report)
     return ptr, report
 
 
@@ -50,7 +53,15 @@ def rollback_pair(registry: ModelRegistry, *, reason: str = "rollback",
     """Make the previous (model, store) pair live again, caught up with the images enrolled since."""
     report = {"added": 0, "removed": 0}
     ptr = registry.rollback(reason=reason, before_commit=_catch_up(registry, chunk_size, report))
+    live = registry.require_current()
+    audit(registry).append("rollback", model_version=live.model_version, store=live.store, reason=reason,
+                           caught_up=report)
     return ptr, report
+
+
+def audit(registry: ModelRegistry) -> AuditLog:
+    """The registry's audit trail (`pipeline.core.audit`): ``REGISTRY/audit.jsonl``."""
+    return AuditLog(registry.root / "audit.jsonl")
 
 
 def commit_to_registry(registry: ModelRegistry, batch: EnrolBatch) -> ChunkResult:

@@ -187,6 +187,13 @@ class ModelRegistry:
             lock.release()
 
     @contextmanager
+    def exclusive(self) -> Iterator[Pair | None]:
+        """Hold the registry exclusively (no switch, rollback or enrolment commit meanwhile); yields the live
+        pair. For work that must see every store at rest, e.g. erasure."""
+        with self._lock(fcntl.LOCK_EX):
+            yield self.current
+
+    @contextmanager
     def shared(self) -> Iterator[Pair]:
         """Hold the registry shared (no switch can happen) and yield the live pair: for enrolment commits."""
         with self._lock(fcntl.LOCK_SH):

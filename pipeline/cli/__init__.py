@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flow", help="run a Prefect flow (retrain, enroll, lookup, rollback, deploy) in a subprocess",
                        add_help=False)
-    p.add_argument("flow_name", choices=["retrain", "enroll", "lookup", "rollback", "deploy"])
+    p.add_argument("flow_name", choices=["retrain", "enroll", "lookup", "rollback", "forget", "deploy"])
     p.add_argument("flow_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_flow)
 
@@ -118,6 +118,7 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rejects", default="enroll-rejects.parquet", metavar="FILE.parquet",
                    help="where bad images and duplicates are listed (default: ./enroll-rejects.parquet)")
     p.add_argument("--chunk-size", type=int, default=1024, help="images per atomic commit")
+    p.add_argument("--audit-log", metavar="FILE", help="default: $FACEPIPE_AUDIT_LOG, else INDEX_DIR.audit.jsonl")
     p.set_defaults(func=f"{s}:cmd_enroll")
 
     p = sub.add_parser("verify", help="1:1: is each probe the identity it claims?")
@@ -141,9 +142,20 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=f"{s}:cmd_identify")
 
     p = sub.add_parser("remove", help="delete an identity everywhere (index, metadata, embeddings)")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", metavar="INDEX_DIR", help="a gallery store")
+    where.add_argument("--registry", metavar="DIR", help="a model registry: the live store, every store kept for "
+                                                         "rollback, the pinned evaluation set and the caches "
+                                                         "(runs the forget flow)")
     p.add_argument("--identity", required=True, metavar="NAME")
+    p.add_argument("--audit-log", metavar="FILE", help="default: $FACEPIPE_AUDIT_LOG, else INDEX_DIR.audit.jsonl")
     p.set_defaults(func=f"{s}:cmd_remove")
+
+    p = sub.add_parser("audit", help="show a store's audit trail (enrol, remove), or --verify its hash chain")
+    p.add_argument("--index", metavar="INDEX_DIR", help="the store whose trail to read (INDEX_DIR.audit.jsonl)")
+    p.add_argument("--log", metavar="FILE", help="or: the audit log file itself")
+    p.add_argument("--verify", action="store_true", help="check the chain and the head: exit 1 if edited or cut")
+    p.set_defaults(func=f"{s}:cmd_audit")
 
     p = sub.add_parser("info", help="describe a gallery store")
     p.add_argument("index", metavar="INDEX_DIR")

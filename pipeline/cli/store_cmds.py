@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
 from indexes import GalleryStore
 from pipeline.cli.common import progress, table, write_rejects
+from pipeline.core.audit import AuditLog
+from pipeline.core.errors import DataError
 from pipeline.core.io import write_parquet_atomic
 from pipeline.data.manifest import read_images
 from pipeline.serve.gallery import (
@@ -39,6 +44,37 @@ def cmd_enroll(args: argparse.Namespace, out) -> int:
         f"into {args.index} in {dt:.1f} s; store now holds {len(store)} rows (was {before}), "
         f"{len(store.identities())} identities")
     write_rejects(rejects, Path(args.rejects), out)
+    audit_log(args).append("enrol", store=str(Path(args.index).resolve()), model_version=model.model_version,
+                           images=len(images), enrolled=len(added), rejected=len(rejects),
+                           identities_added=sorted(set(added["identity"].astype(str))) if len(added) else [])
+    return 0
+
+
+def audit_log(args: argparse.Namespace) -> AuditLog:
+    """The audit trail of a store: ``--audit-log``, else ``$FACEPIPE_AUDIT_LOG``, else ``<INDEX_DIR>.audit.jsonl``
+    beside the store (not inside it: the store's own files are checked by its manifest)."""
+    given = getattr(args, "audit_log", None) or os.environ.get("FACEPIPE_AUDIT_LOG")
+    index = Path(args.index).resolve()
+    return AuditLog(given or index.with_name(index.name + ".audit.jsonl"))
+
+
+def cmd_audit(args: argparse.Namespace, out) -> int:
+    if args.log is None and args.index is None:
+        raise DataError("name the trail: --index INDEX_DIR or --log FILE")
+    log = audit_log(args) if args.log is None else AuditLog(args.log)
+    if not log.path.is_file():
+        raise DataError(f"no audit log at {log.path}")
+    if args.verify:
+        check = log.verify()
+        if not check.ok:
+            out(f"audit log {log.path}: NOT intact after {check.entries} good entries: {check.problem}")
+            return 1
+        out(f"audit log {log.path}: intact, {check.entries} entries, hash chain and head agree")
+        return 0
+    for e in log.entries():
+        fields = {k: v for k, v in e.items() if k not in ("seq", "at", "event", "caller", "prev", "hash")}
+        out(f"{e['seq']:>5}  {e['at']}  {e['event']:<8} {e['caller'].get('user')}@{e['caller'].get('host')}  "
+            f"{json.dumps(fields, sort_keys=True)}")
     return 0
 
 
@@ -101,6 +137,10 @@ def _aligned(args: argparse.Namespace) -> bool:
 
 
 def cmd_remove(args: argparse.Namespace, out) -> int:
+    if args.registry is not None:  # the registry lives above the library: its erasure runs as the forget flow
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
+        return subprocess.call([sys.executable, "-m", "flows.forget", "--registry", args.registry, "--identity",
+                                args.identity], env=env)
     store = GalleryStore.open(args.index)
     n = store.remove_identity(args.identity)
     if n == 0:
@@ -108,6 +148,8 @@ def cmd_remove(args: argparse.Namespace, out) -> int:
         return 1
     out(f"removed {args.identity!r}: {n} row(s) deleted from index, metadata and embeddings; "
         f"{len(store)} rows remain")
+    audit_log(args).append("remove", store=str(Path(args.index).resolve()), identity=args.identity, rows=n,
+                           model_version=store.model_version)
     return 0
 
 

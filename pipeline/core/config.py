@@ -28,7 +28,7 @@ T = TypeVar("T")
 class DataConfig:
     """Where faces come from and how they are split."""
 
-    crop_fraction: float = 0.64  # central square crop, as a fraction of the shorter side (LFW: 160 of 250 px)
+    crop_fraction: float = 1.0  # central square crop of the aligned face (of the photo's shorter side without alignment)
     image_size_px: int = 80  # network input size (ensemble members may look at its centre only: model.backbone)
     dev_folds: tuple[int, ...] = (6, 7)  # 1-based folds of the pairs file never trained on
     val_folds: tuple[int, ...] = (5,)  # folds whose people are held out for checkpoint choice + calibration
@@ -37,7 +37,7 @@ class DataConfig:
     min_images_per_identity: int = 1  # single-image people are kept (classes / negatives)
     # faces: "yunet" detects 5 landmarks and aligns every photo to the ArcFace template (aligned_px) before the
     # central crop above; "none" takes the central crop of the photo itself (photos framed like LFW's)
-    face_detector: str = "none"
+    face_detector: str = "yunet"
     aligned_px: int = 112
     cache_dir: str = ""  # aligned crops and teacher embeddings ("" = $FACEPIPE_CACHE or ~/.cache/facepipe)
 
@@ -47,9 +47,9 @@ class ModelConfig:
     """The shared encoder: timm backbone + embedding head."""
 
     # one timm name, or an ensemble: members joined by "+", "name@v" = the member sees the central v of the input.
-    # Default: two resnet10ts (crops 0.512 and 0.416 of the image) + four test_resnets (crops 0.64, 0.544, 0.448,
-    # 0.384); test_resnet saturates in ~8 minutes, so diversity beats length (docs/training.md)
-    backbone: str = "resnet10t@0.8+resnet10t@0.65+test_resnet+test_resnet@0.85+test_resnet@0.7+test_resnet@0.6"
+    # Default: one resnet10t distilled from the SFace teacher on aligned faces (docs/training.md); the from-scratch
+    # six-member ensemble is configs/scratch.toml
+    backbone: str = "resnet10t"
     pretrained: bool = False
     pretrained_file: str | None = None  # local backbone weights (a safetensors file; nothing else is accepted)
     embedding_dim: int = 128
@@ -76,7 +76,7 @@ class LossConfig:
 class TrainConfig:
     """Optimisation and the time budget."""
 
-    minutes: float = 57.0  # + ~1-2 min of decoding and saving: `facepipe train` stays within 60 min
+    minutes: float = 57.0  # + ~1-2 min of decoding, teacher cache and saving: `facepipe train` stays within 60 min
     max_epochs: int = 1000
     max_steps: int = 0  # cap on optimiser steps (0 = none): equal-compute ablations on a shared machine
     identities_per_batch: int = 32  # P in P x K sampling
@@ -94,7 +94,7 @@ class TrainConfig:
     sampler_min_images: int = 2  # metric losses: people with fewer than K (but >= this) images are drawn with repeats
     # ensemble: each member's share of the time budget (empty = equal). The default belongs to the default
     # ensemble: left at its default with a spec of ANOTHER number of members, members share equally
-    member_shares: tuple[float, ...] = (2.6, 2.15, 1.0, 1.0, 1.0, 1.0)
+    member_shares: tuple[float, ...] = ()
     ema_decay: float = 0.999  # exponential moving average of the weights, evaluated and saved instead (0 = off)
     threads: int = 0  # 0: torch default
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps
@@ -106,7 +106,7 @@ class TrainConfig:
 class DistillConfig:
     """Distillation from a frozen teacher face model (`pipeline.model.teachers`); off when ``teacher`` is empty."""
 
-    teacher: str = ""  # "" (off) | sface | dlib | precomputed (then teacher_file = a Parquet keyed by image_sha256)
+    teacher: str = "sface"  # "" (off) | sface | dlib | precomputed (then teacher_file = a Parquet keyed by image_sha256)
     teacher_file: str = ""  # precomputed teacher: the Parquet of embeddings
     workers: int = 2  # processes computing missing teacher embeddings
     cosine_weight: float = 1.0  # per image: 1 - cos(projected student, teacher)

@@ -3,6 +3,7 @@ table, and lookup results (through chunks and part files) equal to the library's
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -42,8 +43,13 @@ def test_enrol_is_idempotent_and_lookups_equal_the_library(tiny_model: Path, rea
     probes = pd.concat([probes, pd.DataFrame({"image_path": [str(bad)], "identity": ["X"]})], ignore_index=True)
     probes[["image_path"]].to_csv(tmp_path / "probes.csv", index=False)
     res = lookup_flow(str(tmp_path / "probes.csv"), str(tmp_path / "hits.parquet"), "identify", index=str(index),
-                      top_k=3, chunk_size=16)
+                      top_k=3, chunk_size=16, report=str(tmp_path / "review"))
     assert (res["probes"], res["rejected"]) == (len(probes) - 1, 1)
+    page = Path(res["report"])  # the review page: every thumbnail it references exists
+    shown = re.findall(r'src="([^"]+)"', page.read_text())
+    assert page == tmp_path / "review" / "index.html" and len(shown) > len(probes)
+    assert all((page.parent / src).is_file() for src in shown)
+    assert latest_artifacts("lookup-review")["lookup-review"][0] == "markdown"
     hits = pq.read_table(tmp_path / "hits.parquet").to_pandas()
     table = probes.assign(abs_path=probes["image_path"], identity=None)
     lib = identify_chunk(store, model, table, top_k=3).results
@@ -51,7 +57,7 @@ def test_enrol_is_idempotent_and_lookups_equal_the_library(tiny_model: Path, rea
     assert pq.read_table(tmp_path / "hits.rejects.parquet").to_pandas()["image_path"].tolist() == [str(bad)]
     assert {k: t for k, (t, _) in latest_artifacts("lookup-identify", "lookup-identify-counts").items()} == {
         "lookup-identify": "markdown", "lookup-identify-counts": "table"}
-    assert not (tmp_path / ".hits.parquet.parts").exists()  # part files merged and removed
+    assert not list(tmp_path.glob(".hits.parquet.parts*"))  # this run's part files merged and removed
 
     claims = probes.rename(columns={"identity": "claimed_identity"})
     claims.loc[0, "claimed_identity"] = "Nobody_Enrolled"

@@ -18,6 +18,7 @@ from flows.retrain import retrain_flow
 from flows.rollback import rollback_flow
 from indexes import GalleryStore
 from lifecycle.registry import ModelRegistry
+from pipeline.core.audit import AuditLog
 from pipeline.core.errors import DataError
 from pipeline.model.artifacts import load_model
 from pipeline.serve.gallery import embed_for_enrolment, gallery_images, identify_chunk
@@ -124,3 +125,7 @@ def test_retrain_gates_promotion_reembeds_the_gallery_and_rolls_back(real_subset
     assert reg.require_current().model_version == model_a
     events = [e["event"] for e in reg.events()]
     assert events.count("promote") == 2 and events.count("rollback") == 1
+    # the audit trail holds the same story, hash-chained and intact
+    trail = AuditLog(reg.root / "audit.jsonl")
+    assert [e["event"] for e in trail.entries()] == ["promote", "promote", "rollback"] and trail.verify().ok
+    assert trail.entries()[-1]["model_version"] == model_a

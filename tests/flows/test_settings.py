@@ -34,7 +34,7 @@ def write(path: Path, text: str) -> Path:
 def test_the_shipped_settings_are_the_documented_defaults() -> None:
     shipped = load_settings(DEFAULT_CONFIG)
     assert shipped.retrain.min_improvement == 0.002
-    assert "model.backbone=test_resnet" in shipped.retrain.overrides  # the small demo recipe, not the 57-min ensemble
+    assert shipped.retrain.overrides == ("train.minutes=3",)  # the default (distilled) recipe, 3 minutes like the demo
     # the built-in defaults (keys a settings file leaves out) are the same values, but for the site's data paths
     assert replace(shipped, retrain=replace(shipped.retrain, data="", pairs=None)) == FlowSettings()
 

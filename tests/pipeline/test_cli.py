@@ -25,7 +25,7 @@ def model_dir(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("cli") / "model"
     rc = main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
                "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.2",
-               "--set", "model.backbone=test_resnet"])
+               "--set", "model.backbone=test_resnet", "--set", "data.face_detector=none", "--set", "distill.teacher=", "--set", "data.crop_fraction=0.64"])
     assert rc == 0
     return out
 
@@ -151,7 +151,8 @@ def test_errors_are_clear(model_dir: Path, tmp_path: Path, synthetic_folders: Pa
     retrained = tmp_path / "retrained"
     assert main(["train", "--data", str(synthetic_folders), "--out", str(retrained), "--minutes", "0.05", "-q",
                  "--set", "data.image_size_px=32", "--set", "model.embedding_dim=32", "--set", "data.val_fraction=0.4",
-                 "--set", "train.identities_per_batch=2", "--set", "model.backbone=test_resnet"]) == 0
+                 "--set", "train.identities_per_batch=2", "--set", "model.backbone=test_resnet",
+                 "--set", "data.face_detector=none", "--set", "distill.teacher=", "--set", "data.crop_fraction=0.64"]) == 0
     capsys.readouterr()
     assert main(["identify", "--index", str(index), "--model", str(retrained), "--probes", str(synthetic_folders),
                  "--out", str(tmp_path / "h.parquet")]) == 2

@@ -60,7 +60,8 @@ def test_training_under_bf16_autocast_and_loading_on_a_device(tmp_path: Path, sy
 
     cfg = load_config(None, ["model.backbone=test_resnet", "model.embedding_dim=8", "data.image_size_px=32",
                              "data.crop_fraction=1.0", "train.max_steps=3", "train.minutes=1", "train.amp=bf16",
-                             "train.device=cpu", "train.identities_per_batch=2", "data.val_fraction=0.34"])
+                             "train.device=cpu", "train.identities_per_batch=2", "data.val_fraction=0.34",
+                             "data.face_detector=none", "distill.teacher="])
     res = train(cfg, prepare_training(synthetic_folders, None, cfg), tmp_path / "m")
     assert res.steps == 3 and res.meta["training"]["device"] == "cpu"
     model = load_model(tmp_path / "m", device="auto")

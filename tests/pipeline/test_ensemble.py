@@ -40,9 +40,10 @@ def test_spec_parses_members_and_views_and_round_trips() -> None:
         load_config(None, ["model.backbone=test_resnet+test_resnet", "train.member_shares=1"])
     with pytest.raises(ConfigError, match="> 0"):
         load_config(None, ["model.backbone=test_resnet+test_resnet", "train.member_shares=1,0"])
-    # the default shares belong to the default ensemble; another spec without shares splits equally
-    default = load_config(None, [])
-    assert len(member_shares(default)) == len(parse_backbone(default.model.backbone)) > 1
+    # the scratch recipe's shares belong to its ensemble; another spec without shares splits equally
+    scratch = load_config(Path(__file__).resolve().parents[2] / "configs" / "scratch.toml")
+    assert member_shares(scratch) == [2.6, 2.15, 1.0, 1.0, 1.0, 1.0] and len(parse_backbone(scratch.model.backbone)) == 6
+    assert member_shares(load_config(None, [])) == [1.0]  # the default: one distilled network
     assert member_shares(load_config(None, ["model.backbone=resnet18"])) == [1.0]
     assert member_shares(load_config(None, ["model.backbone=a+b+c", "train.member_shares="])) == [1.0] * 3
     assert member_shares(load_config(None, ["model.backbone=a+b", "train.member_shares=3,1"])) == [3.0, 1.0]
@@ -102,7 +103,7 @@ def test_ensemble_round_trip_and_views_change_the_version(tmp_path: Path) -> Non
     assert read_model_meta(tmp_path / "b")["backbone"] == "test_resnet+test_resnet@0.8"
 
 
-FAST = ["model.channels_last=false", "train.ema_decay=0.99", "data.image_size_px=32", "model.embedding_dim=16",
+FAST = ["data.face_detector=none", "distill.teacher=", "data.crop_fraction=0.64", "model.channels_last=false", "train.ema_decay=0.99", "data.image_size_px=32", "model.embedding_dim=16",
         "train.identities_per_batch=16", "data.val_fraction=0.25", "train.eval_every_steps=20"]
 
 
