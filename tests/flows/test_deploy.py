@@ -49,7 +49,7 @@ def test_every_prefect_yaml_parameter_equals_its_flows_toml_value() -> None:
     """Read both files as plain data (not through flows.settings): every deployment parameter is the value
     flows/flows.toml gives (or the documented default of a key the file leaves out)."""
     toml = tomllib.loads(DEFAULT_CONFIG.read_text())
-    reg, retrain, chunks = toml["registry"], toml["retrain"], toml["chunks"]
+    reg, retrain, chunks, rejects = toml["registry"], toml["retrain"], toml["chunks"], toml["rejects"]
     expected = {
         "retrain": {"registry": reg["path"], "data": retrain["data"], "pairs": retrain["pairs"],
                     "training_config": retrain.get("training_config"), "overrides": retrain["overrides"],
@@ -57,8 +57,10 @@ def test_every_prefect_yaml_parameter_equals_its_flows_toml_value() -> None:
                     "metric": retrain["metric"], "min_improvement": retrain["min_improvement"],
                     "keep_versions": reg["keep_versions"], "chunk_size": chunks["enroll"],
                     "max_in_flight": chunks["max_in_flight"]},
-        "enroll": {"registry": reg["path"], "chunk_size": chunks["enroll"], "max_in_flight": chunks["max_in_flight"]},
-        "lookup": {"registry": reg["path"], "chunk_size": chunks["lookup"], "max_in_flight": chunks["max_in_flight"]},
+        "enroll": {"registry": reg["path"], "chunk_size": chunks["enroll"], "max_in_flight": chunks["max_in_flight"],
+                   "fail_reject_share": rejects["fail_share"]},
+        "lookup": {"registry": reg["path"], "chunk_size": chunks["lookup"], "max_in_flight": chunks["max_in_flight"],
+                   "fail_reject_share": rejects["fail_share"]},
         "rollback": {"registry": reg["path"], "chunk_size": chunks["enroll"]},
     }
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]

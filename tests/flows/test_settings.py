@@ -56,7 +56,7 @@ def test_flow_functions_default_to_the_settings() -> None:
     ("[retrain]\nmin_improvment = 0.1\n",
      r"{p}: retrain: unknown key\(s\) \['min_improvment'\]; valid keys: \['cron', 'data', .*'min_improvement'"),
     ("[retrian]\n",
-     r"{p}: root: unknown key\(s\) \['retrian'\]; valid keys: \['chunks', 'dask', 'registry', 'retrain'\]"),
+     r"{p}: root: unknown key\(s\) \['retrian'\]; valid keys: \['chunks', 'dask', 'registry', 'rejects', 'retrain'\]"),
     ("[chunks]\nenroll = 'many'\n", r"{p}: chunks.enroll: cannot use 'many' as int"),
     ("[chunks]\nlookup = 0\n", r"{p}: chunks.lookup=0 must be >= 1"),
     ("[retrain]\nmetric = 'f1'\n",
