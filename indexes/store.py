@@ -46,26 +46,11 @@ from indexes.atomic import StoreLock, fsync_dir
 from indexes.config import IndexConfig
 from indexes.errors import StoreCorrupt, StoreError, StoreWriteError
 from indexes.integrity import check_integrity, describe
-from indexes.manifest import (
-    ANN_DIR,
-    LOCK_NAME,
-    SEGMENTS_DIR,
-    Manifest,
-    read_manifest,
-    utc_now_iso,
-    write_manifest,
-)
+from indexes.manifest import ANN_DIR, LOCK_NAME, SEGMENTS_DIR, Manifest, read_manifest, utc_now_iso, write_manifest
 from indexes.queries import QueryMethods
 from indexes.snapshot import Snapshot, load_snapshot, manifest_stat_key
-from indexes.validation import (
-    check_identities,
-    check_model_version,
-    check_positive_int,
-    check_sha256,
-    check_strings,
-    check_threshold,
-    check_vectors,
-)
+from indexes.validation import (check_identities, check_model_version, check_positive_int, check_sha256,
+                                check_strings, check_threshold, check_vectors)
 
 logger = logging.getLogger(__name__)
 EnrollResult = writer.EnrollResult

@@ -81,3 +81,16 @@ def synthetic_folders(tmp_path: Path) -> Path:
         for j in range(3):
             make_face(rng, i).save(d / f"img_{j}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def aligned_model(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained 0.3 min on YuNet-aligned faces, no teacher (the face-policy and raw-photo tests)."""
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("aligned") / "model"
+    assert main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
+                 "--set", "data.face_detector=yunet", "--set", "model.backbone=test_resnet",
+                 "--set", "data.image_size_px=48", "--set", "data.crop_fraction=1.0",
+                 "--set", "model.embedding_dim=32", "--set", "train.member_shares=", "--set", "distill.teacher="]) == 0
+    return out

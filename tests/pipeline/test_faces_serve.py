@@ -72,15 +72,6 @@ def _low_score(aligner: FaceAligner, rgb: np.ndarray) -> np.ndarray | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def aligned_model(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("aligned") / "model"
-    assert main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
-                 "--set", "data.face_detector=yunet", "--set", "model.backbone=test_resnet",
-                 "--set", "data.image_size_px=48", "--set", "data.crop_fraction=1.0",
-                 "--set", "model.embedding_dim=32", "--set", "train.member_shares=", "--set", "distill.teacher="]) == 0
-    return out
-
 
 @pytest.fixture(scope="module")
 def photos(lfw_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

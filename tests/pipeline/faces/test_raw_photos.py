@@ -22,7 +22,6 @@ import pytest
 import synth
 from PIL import Image
 
-from pipeline.cli import main
 from pipeline.faces import FaceAligner
 from pipeline.faces.policy import Mode
 from pipeline.model.artifacts import load_model
@@ -110,15 +109,6 @@ def test_sface_raw_photo_enrolment_is_within_3_points_of_the_lfw_photo(people: d
     assert r_lfw > 0.85
     assert r_raw >= r_lfw - 0.03
 
-
-@pytest.fixture(scope="module")
-def aligned_model(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rawmodel") / "model"
-    assert main(["train", "--data", str(real_subset), "--out", str(out), "--minutes", "0.3", "-q",
-                 "--set", "data.face_detector=yunet", "--set", "model.backbone=test_resnet",
-                 "--set", "data.image_size_px=48", "--set", "data.crop_fraction=1.0",
-                 "--set", "model.embedding_dim=32", "--set", "train.member_shares=", "--set", "distill.teacher="]) == 0
-    return out
 
 
 def test_small_aligned_model_raw_photo_enrolment_through_the_gallery(people: dict, aligned_model: Path, tmp_path: Path,
