@@ -33,6 +33,9 @@ class ImageError(FacepipeError, ValueError):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
 
+    def __reduce__(self):  # travels back from worker processes as itself (the default would call __init__(msg))
+        return (type(self), (self.path, self.reason))
+
 
 class ModelArtifactError(FacepipeError, ValueError):
     """A model directory is incomplete, tampered with, or of an unsupported format."""

@@ -290,8 +290,12 @@ def _compute(teacher: Teacher, missing: list[str], provider: CropsProvider, *, w
         except Exception as exc:
             raise ConfigError(f"crops_provider cannot be pickled for {method!r} workers ({exc}); "
                               "use a module-level function or class, or mp_context='fork'") from exc
+    forked = method == "fork"
     ex = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(name, opts, teacher.version, provider, threads))
+                             initargs=(name, opts, teacher.version, provider, threads, forked))
+    # OpenCV's thread pool cannot be resized in a forked child (it waits forever on the parent's threads):
+    # a forked worker inherits the thread count the parent has while the workers start.
+    cv2_threads = _cv2_threads(threads) if forked else None
     try:
         # keep at most 2 tasks per worker queued so a failure stops the run quickly
         todo = list(reversed(chunks))
@@ -300,6 +304,9 @@ def _compute(teacher: Teacher, missing: list[str], provider: CropsProvider, *, w
         while todo or running:
             while todo and len(running) < limit:
                 running.add(ex.submit(_worker_run, todo.pop()))
+            if cv2_threads is not None:  # the workers exist now
+                _cv2_threads(cv2_threads)
+                cv2_threads = None
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
                 try:
@@ -310,19 +317,33 @@ def _compute(teacher: Teacher, missing: list[str], provider: CropsProvider, *, w
                 yield result
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+        if cv2_threads is not None:
+            _cv2_threads(cv2_threads)
+
+
+def _cv2_threads(n: int) -> int | None:
+    """Set OpenCV's thread count (when cv2 is loaded) and return the previous one."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None:
+        return None
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    return before
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(name: str, opts: dict[str, Any], version: str, provider: CropsProvider, threads: int) -> None:
+def _worker_init(name: str, opts: dict[str, Any], version: str, provider: CropsProvider, threads: int,
+                 forked: bool = False) -> None:
     """Build this worker's teacher; an error is kept and raised by the first task (so its message survives)."""
     try:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        with contextlib.suppress(ImportError):
-            import cv2
+        if not forked:  # a forked worker has the thread count the parent set for it (see _compute)
+            with contextlib.suppress(ImportError):
+                import cv2
 
-            cv2.setNumThreads(threads)
+                cv2.setNumThreads(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         teacher = create_teacher(name, **opts)

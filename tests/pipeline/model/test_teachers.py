@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -362,10 +367,30 @@ def test_cache_worker_errors_come_back(tmp_path):
                                                     workers=2, chunk_size=2)
 
     def failing(chunk):
-        raise ImageError("some/file.jpg", "truncated JPEG")  # its custom __init__ does not unpickle
+        raise ImageError("some/file.jpg", "truncated JPEG")
 
-    with pytest.raises(DataError, match="ImageError: some/file.jpg: truncated JPEG"):
+    with pytest.raises(ImageError, match="some/file.jpg: truncated JPEG") as info:
         TeacherCache(tmp_path / "b").get_or_compute(CountingTeacher(), "v1", shas, failing, workers=2, chunk_size=2)
+    assert (info.value.path, info.value.reason) == ("some/file.jpg", "truncated JPEG")
+
+    def unpicklable(chunk):
+        raise _LockedError("provider lost its handle")  # holds a lock: cannot travel back as itself
+
+    with pytest.raises(DataError, match="_LockedError: provider lost its handle"):
+        TeacherCache(tmp_path / "c").get_or_compute(CountingTeacher(), "v1", shas, unpicklable, workers=2,
+                                                    chunk_size=2)
+
+
+class _LockedError(ValueError):
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+def test_image_error_pickles_as_itself():
+    err = pickle.loads(pickle.dumps(ImageError("a/b.jpg", "not an image")))
+    assert type(err) is ImageError and (err.path, err.reason, str(err)) == ("a/b.jpg", "not an image",
+                                                                            "a/b.jpg: not an image")
 
 
 class _BadSpecTeacher(CountingTeacher):
@@ -415,3 +440,34 @@ def test_cache_file_metadata(tmp_path):
     assert table.schema.field("embedding").type.list_size == 8
     meta = json.loads(table.schema.metadata[b"facepipe.teacher_cache"])
     assert meta["teacher_version"] == CountingTeacher().version and meta["aligner_version"] == "v9"
+
+
+_FORK_AFTER_CV2 = """
+import sys, cv2, numpy as np
+sys.path.insert(0, {here!r})
+import test_teachers as t
+cv2.setNumThreads(2)
+img = np.random.rand(2000, 2000, 3).astype(np.float32)
+for _ in range(3):
+    cv2.GaussianBlur(img, (31, 31), 5)  # the parent's OpenCV thread pool is running
+shas = [t._sha(i) for i in range(12)]
+out = t.TeacherCache({root!r}).get_or_compute(t.CountingTeacher(), "v1", shas, t.Provider({log!r}), workers=2,
+                                              chunk_size=3, threads_per_worker=1, mp_context="fork")
+print(out.shape, cv2.getNumThreads())
+"""
+
+
+def test_cache_fork_workers_after_opencv_threads_ran(tmp_path):
+    """Forked workers of a process whose OpenCV pool has run finish (resizing the pool in the child hung forever),
+    and the parent gets its thread count back."""
+    code = _FORK_AFTER_CV2.format(here=str(Path(__file__).parent), root=str(tmp_path / "c"), log=str(tmp_path / "l"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung workers too
+        proc.communicate()
+        pytest.fail("forked teacher workers hung")
+    assert proc.returncode == 0, err[-2000:]
+    assert out.split() == ["(12,", "8)", "2"]
