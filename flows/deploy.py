@@ -1,11 +1,12 @@
 """Serve the flows as deployments against a Prefect server: retrain on its cron schedule, enroll / lookup /
-rollback on demand, each with its parameters from the flows settings (flows/flows.toml, or --settings FILE,
+rollback / forget on demand, each with its parameters from the flows settings (flows/flows.toml, or --settings FILE,
 or $FACEPIPE_FLOWS_CONFIG). prefect.yaml holds the same deployments for `prefect deploy` + a process work pool;
 it is generated from the settings by ``--write-prefect-yaml`` (a test keeps it equal to flows/flows.toml).
 
     prefect server start --host 127.0.0.1 --port 4200          # terminal 1 (UI: http://127.0.0.1:4200)
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy [--settings flows/flows.toml]
     prefect deployment run enroll/enroll -p images=new_people.csv
+    prefect deployment run forget/forget -p identity="Jane Doe"
     python -m flows.deploy --write-prefect-yaml                 # regenerate prefect.yaml after editing flows.toml
 
 Runs execute in subprocesses of this process, in its working directory (relative paths in the settings are
@@ -29,6 +30,7 @@ from prefect.schedules import Cron
 
 from flows.cli import FlowParser, run_main
 from flows.enroll import enroll_flow
+from flows.forget import forget_flow
 from flows.lookup import lookup_flow
 from flows.retrain import retrain_flow
 from flows.rollback import rollback_flow
@@ -65,6 +67,9 @@ SPECS = (
          "Verify or identify a probes manifest against the live pair."),
     Spec("rollback", rollback_flow, "flows/rollback.py:rollback_flow",
          "Make the previous (model, store) pair live again.", concurrency_limit=1),
+    Spec("forget", forget_flow, "flows/forget.py:forget_flow",
+         "Erase a person from the live store, every rollback store, the pinned evaluation set and the caches.",
+         concurrency_limit=1),
 )
 
 
@@ -74,7 +79,7 @@ def deployment_parameters(s: FlowSettings) -> dict[str, dict[str, Any]]:
 
 
 def build_deployments(s: FlowSettings) -> list[RunnerDeployment]:
-    """The four deployments; only retrain is scheduled, and never runs twice at once."""
+    """The five deployments; only retrain is scheduled, and never runs twice at once."""
     params = flow_parameters(s)
     return [spec.flow.to_deployment(name=spec.name, parameters=params[spec.name], description=spec.description,
                                     concurrency_limit=spec.concurrency_limit, tags=TAGS,

@@ -21,7 +21,7 @@ from lifecycle.erasure import erase_identity
 from lifecycle.registry import ModelRegistry
 from pipeline.data.manifest import empty_rejects
 
-D = flow_defaults("rollback")  # the registry of the settings in use
+D = flow_defaults("forget")  # the registry of the settings in use
 
 
 @task(cache_policy=NONE, **IO_RETRIES)

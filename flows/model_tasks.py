@@ -21,7 +21,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from flows.settings import FlowSettings
-from flows.tasks import IO_RETRIES, cached_model, cached_store, markdown_table
+from flows.tasks import IO_RETRIES, cached_model, cached_store, markdown_table, story
 from indexes import GalleryStore
 from lifecycle import live
 from lifecycle.promotion import decide
@@ -33,7 +33,11 @@ from pipeline.evaluate.plots import plot_roc
 from pipeline.evaluate.protocol import evaluate_model
 from pipeline.serve import gallery
 from pipeline.train.loop import train
+from pipeline.data.manifest import read_images
+from pipeline.data.splits import make_pairs, split_random
 from pipeline.train.prepare import TrainingData, load_split, prepare_training
+
+GATE_PAIRS = 1000  # genuine pairs (and as many impostor pairs) of a pinned evaluation without a pairs file
 
 
 @task(cache_policy=NONE)
@@ -50,8 +54,27 @@ def load_training_config(config: str | None, overrides: list[str]) -> Config:
 
 
 @task(cache_policy=NONE, **IO_RETRIES)
-def prepare_data(data: str, pairs: str | None, cfg: Config) -> TrainingData:
-    return prepare_training(data, pairs, cfg)
+def prepare_data(data: str, pairs: str | None, cfg: Config, holdout: frozenset[str] = frozenset()) -> TrainingData:
+    """Decode the training data; the ``holdout`` people (the gate's) are neither trained nor validated on."""
+    training = prepare_training(data, pairs, cfg, holdout)
+    story("training data %s: %d images of %d people, %d rejected; %d validation people; %d people held out for "
+          "the gate", data, len(training.labels), len(training.class_names), len(training.rejects),
+          len(training.split.val), len(frozenset(holdout) & set(training.table["identity"])))
+    return training
+
+
+@task(cache_policy=NONE, **IO_RETRIES)
+def record_training_rejects(registry: str, version: str, rejects: pd.DataFrame) -> str | None:
+    """The images training could not use (``image_path``, ``error``), next to the candidate's registry entry,
+    as ``facepipe train`` writes them next to its model -> the file, or None when there were none."""
+    if not len(rejects):
+        return None
+    path = ModelRegistry.open(registry).root / "entries" / f"{version}-train-rejects.parquet"
+    write_parquet_atomic(rejects[["image_path", "error"]].astype(str).reset_index(drop=True), path)
+    first = rejects.iloc[0]
+    story("training rejected %d image(s), listed in %s; first: %s: %s", len(rejects), path, first["image_path"],
+          first["error"])
+    return str(path)
 
 
 @task(cache_policy=NONE)
@@ -61,7 +84,10 @@ def train_candidate(cfg: Config, data: TrainingData, registry: str, source: str)
     staging = reg.new_staging("train")
     try:
         result = train(cfg, data, staging / "model")
-        return reg.register_model(result.model_dir, source=source)
+        version = reg.register_model(result.model_dir, source=source)
+        story("trained candidate %s: %d steps in %.1f min on %d images; best validation AUC %.4f", version,
+              result.steps, result.seconds / 60, len(data.labels), result.best_val_auc)
+        return version
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -111,11 +137,18 @@ class Evaluation:
 def pinned_pair_set(registry: str, data: str, pairs: str | None, cfg: Config, seed: int) -> PairSet:
     """The registry's evaluation pairs, pinned by the first retrain so every later run compares on the SAME
     pairs whatever its training overrides: with an LFW pairs file its dev folds (never trained on), otherwise
-    the validation people of a split seeded with ``seed``."""
+    ``heldout``: a seeded ``data.val_fraction`` of the people with >= 2 images and ``GATE_PAIRS`` genuine +
+    as many impostor pairs over them. Every candidate the flow trains leaves the pinned people out of its
+    training AND its validation (`prepare_data`), so neither model chose a checkpoint or a threshold on them."""
     reg = ModelRegistry.open(registry, create=True)
     if not reg.eval_dir.is_dir():
-        table, split = load_split(data, pairs, replace(cfg, train=replace(cfg.train, seed=seed)))
-        name, people, chosen = ("dev", split.dev, split.dev_pairs) if split.dev else ("val", split.val, split.val_pairs)
+        if pairs:
+            table, split = load_split(data, pairs, replace(cfg, train=replace(cfg.train, seed=seed)))
+            name, people, chosen = "dev", split.dev, split.dev_pairs
+        else:
+            table = read_images(data, require_identities=True, required=("image_path", "identity"))
+            name, people = "heldout", split_random(table, cfg.data.val_fraction, seed).val
+            chosen = make_pairs(table[table["identity"].isin(people)], GATE_PAIRS, seed)
         if chosen is None or not len(chosen):
             raise DataError(f"{data}: no {name} pairs to evaluate on")
         staged = reg.new_staging("eval")
@@ -153,6 +186,12 @@ def decide_promotion(registry: str, candidate: Evaluation, live: Evaluation | No
     reg.record_evaluation(candidate.model_version, {**on, "metrics": candidate.metrics, "role": "candidate",
                                                     "trained_on_eval_people": candidate.trained_on_eval_people},
                           decision)
+    live_part = "no live model" if live is None else f"live {live.model_version} {metric}={decision['current']:.4f}"
+    story("gate on the pinned %s pairs (%d pairs, %d people; trained on by the candidate: %d, validated on: %d): "
+          "candidate %s %s=%.4f, %s, min_improvement %g -> %s: %s", pair_set.name, len(candidate.labels),
+          len(pair_set.people), candidate.trained_on_eval_people,
+          candidate.metrics.get("validated_on_eval_people", 0), candidate.model_version, metric,
+          decision["candidate"], live_part, min_improvement, decision["verdict"], decision["reason"])
     return decision
 
 
@@ -232,15 +271,21 @@ def switch_live(registry: str, version: str, store_id: str, reason: str, chunk_s
     ptr, caught_up = live.switch_pair(ModelRegistry.open(registry), version, store_id, reason=reason,
                                          chunk_size=chunk_size,
                                          expect_live=None if decided_against is None else decided_against.store)
+    story("live switched to model %s with store %s; catch-up of enrolments made meanwhile: %d added, %d removed",
+          version, store_id, caught_up["added"], caught_up["removed"])
     return {"pointer": ptr.to_dict(), "caught_up": caught_up}
 
 
 @task(cache_policy=NONE, **IO_RETRIES)
 def roll_back(registry: str, reason: str, chunk_size: int) -> dict[str, Any]:
     ptr, caught_up = live.rollback_pair(ModelRegistry.open(registry), reason=reason, chunk_size=chunk_size)
+    story("rolled back to model %s with store %s; catch-up: %d added, %d removed", ptr.current.model_version,
+          ptr.current.store, caught_up["added"], caught_up["removed"])
     return {"pointer": ptr.to_dict(), "caught_up": caught_up}
 
 
 @task(cache_policy=NONE, **IO_RETRIES)
 def prune_registry(registry: str, keep: int) -> list[str]:
-    return ModelRegistry.open(registry).prune(keep)
+    pruned = ModelRegistry.open(registry).prune(keep)
+    story("pruned %d old version(s), keeping %d for rollback", len(pruned), keep)
+    return pruned

@@ -32,6 +32,7 @@ from flows.model_tasks import (
     pinned_pair_set,
     prepare_data,
     prune_registry,
+    record_training_rejects,
     publish_evaluation,
     reembed_images,
     register_candidate,
@@ -66,11 +67,14 @@ def retrain_flow(registry: str = D["registry"], data: str = D["data"], pairs: st
                           "trained model with --candidate)")
     cfg = load_training_config(training_config, list(overrides or []))
     pair_set = pinned_pair_set(registry, eval_data or data, eval_pairs or pairs, cfg, eval_seed)
+    training_rejects = empty_rejects()
     if candidate is None:
-        training = prepare_data(data, pairs, cfg)
+        training = prepare_data(data, pairs, cfg, pair_set.people)
         version = train_candidate(cfg, training, registry, source=f"retrain on {data}")
+        training_rejects = training.rejects
+        rejects_file = record_training_rejects(registry, version, training_rejects)
     else:
-        version = register_candidate(registry, candidate)
+        version, rejects_file = register_candidate(registry, candidate), None
     live = live_pair(registry)
     cand_eval = evaluate_version(registry, version, pair_set)
     live_eval = evaluate_version(registry, live.model_version, pair_set) if live is not None else None
@@ -79,9 +83,10 @@ def retrain_flow(registry: str = D["registry"], data: str = D["data"], pairs: st
     summary = {"candidate": version, "live_before": None if live is None else live.model_version,
                "verdict": decision["verdict"], "reason": decision["reason"], "metric": metric,
                "min_improvement": min_improvement, "candidate_metric": decision["candidate"],
-               "live_metric": decision["current"]}
+               "live_metric": decision["current"], "training_rejected": len(training_rejects),
+               "training_rejects": rejects_file}
     if decision["verdict"] != "promote":
-        publish("Retrain: candidate rejected, production unchanged", summary, empty_rejects(), key="retrain-summary")
+        publish("Retrain: candidate rejected, production unchanged", summary, training_rejects, key="retrain-summary")
         return {**summary, "promoted": False}
 
     images = live_gallery_images(registry)
@@ -95,7 +100,7 @@ def retrain_flow(registry: str = D["registry"], data: str = D["data"], pairs: st
     summary = {**summary, "store": store_id, "gallery_images_reembedded": reembedded,
                "caught_up_added": switched["caught_up"]["added"], "caught_up_removed": switched["caught_up"]["removed"],
                "pruned": len(pruned)}
-    publish("Retrain: candidate promoted", summary, empty_rejects(), key="retrain-summary")
+    publish("Retrain: candidate promoted", summary, training_rejects, key="retrain-summary")
     return {**summary, "promoted": True}
 
 

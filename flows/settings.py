@@ -154,6 +154,7 @@ def flow_parameters(s: FlowSettings) -> dict[str, dict[str, Any]]:
         "lookup": {"registry": reg, "chunk_size": ch.lookup, "max_in_flight": ch.max_in_flight,
                    "fail_reject_share": s.rejects.fail_share},
         "rollback": {"registry": reg, "chunk_size": ch.enroll},
+        "forget": {"registry": reg},
     }
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture
 
 from indexes import GalleryStore
@@ -222,8 +223,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 @task(cache_policy=NONE)
+def story(message: str, *args: Any) -> None:
+    """One line of the run's domain story: to the flow-run log on the Prefect server (the run logger) inside a
+    flow or task run, to this module's log outside one."""
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = log
+    logger.info(message, *args)
+
+
 def publish(title: str, counts: dict[str, Any], rejects: pd.DataFrame, key: str, notes: str = "") -> None:
-    """A markdown summary (counts, notes, first rejects) and table artifacts (counts; rejects)."""
+    """A markdown summary (counts, notes, first rejects) and table artifacts (counts; rejects); the counts and the
+    first reject also go to the run log."""
+    story("%s: %s", title, ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if len(rejects):
+        first = rejects.iloc[0]
+        story("%s: %d rejected input(s); first: %s: %s", title, len(rejects), first["image_path"], first["error"])
     lines = [f"# {title}", "", *markdown_table([{"what": k, "value": v} for k, v in counts.items()])]
     if notes:
         lines += ["", notes]

@@ -84,8 +84,9 @@ class ModelEvaluation:
     Attributes:
         metrics: `evaluate_embeddings` output plus ``model_version``, ``threshold`` (the model's default),
             ``achieved_far`` (per stored threshold, over all cross-identity pairs of the set), ``images_per_s``
-            (decode + embed) and ``trained_on_eval_people`` (evaluated people the model was trained on; must be
-            0 for the numbers to mean anything).
+            (decode + embed), ``trained_on_eval_people`` (evaluated people the model was trained on; must be
+            0 for the numbers to mean anything) and ``validated_on_eval_people`` (evaluated people that chose the
+            model's checkpoint and calibrated its threshold: 0 for an unbiased comparison).
         eval_set: the decoded faces and pairs; embeddings: float32 (N, D) unit rows of ``eval_set.images``.
         pair_scores: float32 (P,) cosine of each protocol pair (labels: ``eval_set.same``).
     """
@@ -117,14 +118,17 @@ def evaluate_model(model: LoadedModel, table: pd.DataFrame, people: frozenset[st
     if fars is None:
         fars = tuple(float(k.split("=", 1)[1]) for k in thresholds)
     metrics = evaluate_embeddings(es, emb, fars)
-    trained = set(model.meta.get("training", {}).get("train_identity_hashes", []))
-    overlap = frozenset(p for p in people if identity_hashes([p])[0] in trained)
+    training = model.meta.get("training", {})
+    trained, validated = set(training.get("train_identity_hashes", [])), set(training.get("val_identity_hashes", []))
+    hashed = dict(zip(sorted(people), identity_hashes(sorted(people))))
+    overlap = frozenset(p for p in people if hashed[p] in trained)
     metrics.update({
         "model_version": model.model_version,
         "threshold": model.threshold,
         "achieved_far": {k: achieved_far(emb, es.identities, t) for k, t in thresholds.items()},
         "images_per_s": len(emb) / max(seconds, 1e-9),
         "trained_on_eval_people": len(overlap),
+        "validated_on_eval_people": sum(hashed[p] in validated for p in people),
     })
     pair_scores = (emb[es.pair_i] * emb[es.pair_j]).sum(axis=1).astype(np.float32)
     return ModelEvaluation(metrics, es, emb, pair_scores, overlap)

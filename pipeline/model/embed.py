@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.data import schemas
 from pipeline.data.manifest import empty_rejects
 from pipeline.faces.loader import load_table, preprocessing_from_meta
 from pipeline.faces.policy import Mode
@@ -110,16 +111,21 @@ def embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 20
 
 
 def embeddings_table(rows: pd.DataFrame, embeddings: np.ndarray, model_version: str) -> pa.Table:
-    """The ``embed`` output contract: image_path, identity, embedding (fixed-size list<float32>), model_version."""
+    """The ``embed`` output contract: image_path, identity, embedding (fixed-size list<float32>), model_version,
+    then the face columns of `schemas.FACE` (faces_found, face_score, interocular_px, sharpness, yaw_deg,
+    quality_flags; null for a model without alignment)."""
     n, d = embeddings.shape
     flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel(), type=pa.float32())
     ident = rows["identity"] if "identity" in rows.columns else pd.Series([None] * n)
-    return pa.table({
+    face = schemas.conform(rows[[c for c in schemas.FACE if c in rows.columns]].reset_index(drop=True), schemas.FACE)
+    columns = {
         "image_path": pa.array(rows["image_path"].astype(str).tolist(), type=pa.string()),
         "identity": pa.array([None if pd.isna(v) else str(v) for v in ident], type=pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, d),
         "model_version": pa.array([model_version] * n, type=pa.string()),
-    })
+    }
+    face_table = pa.Table.from_pandas(face, preserve_index=False)
+    return pa.table({**columns, **{c: face_table.column(c) for c in schemas.FACE}})
 
 
 

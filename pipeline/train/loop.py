@@ -141,6 +141,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         "train_images": int(len(data.labels)), "train_people": len(data.class_names),
         "val_people": len(data.split.val), "dev_people": len(data.split.dev), "history": history,
         "train_identity_hashes": identity_hashes(data.class_names),
+        "val_identity_hashes": identity_hashes(sorted(data.split.val)),
         "device": str(resolve_device(cfg.train.device)), "torch_threads": torch.get_num_threads()}
     if data.teacher_info is not None:
         training["teacher"] = data.teacher_info

@@ -58,8 +58,12 @@ def val_from_train(table: pd.DataFrame, split: Split, fraction: float, seed: int
     return Split(split.train - val, val, split.dev, None, split.dev_pairs)
 
 
-def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> tuple[pd.DataFrame, Split]:
+def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config,
+               holdout: frozenset[str] = frozenset()) -> tuple[pd.DataFrame, Split]:
     """The image table of ``data`` and its person-disjoint split (see :mod:`pipeline.data.splits`).
+
+    ``holdout``: people neither trained nor validated on (they join the dev people), e.g. the people a
+    promotion gate evaluates on.
 
     With a pairs file: dev = people of ``data.dev_folds`` (never trained on); validation = people of
     ``data.val_folds`` (``val_source="folds"``) or a ``val_fraction`` slice of the other people
@@ -74,7 +78,14 @@ def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> 
         if not from_folds:
             split = val_from_train(table, split, cfg.data.val_fraction, cfg.train.seed)
     else:
-        split = split_random(table, cfg.data.val_fraction, cfg.train.seed)
+        split = split_random(table[~table["identity"].isin(holdout)], cfg.data.val_fraction, cfg.train.seed)
+    if holdout:
+        held = frozenset(holdout) & identities
+        val_pairs = split.val_pairs
+        if val_pairs is not None:
+            val_pairs = val_pairs[~val_pairs["name1"].isin(held) & ~val_pairs["name2"].isin(held)]
+            val_pairs = val_pairs.reset_index(drop=True) if len(val_pairs) else None
+        split = Split(split.train - held, split.val - held, split.dev | held, val_pairs, split.dev_pairs)
     if split.val_pairs is None:
         val_rows = table[table["identity"].isin(split.val)]
         split = Split(split.train, split.val, split.dev, make_pairs(val_rows, 600, cfg.train.seed), split.dev_pairs)
@@ -82,9 +93,11 @@ def load_split(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> 
     return table, split
 
 
-def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Config) -> TrainingData:
-    """Decode the training people's faces (with an augmentation margin) and the validation set."""
-    table, split = load_split(data, pairs_file, cfg)
+def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Config,
+                     holdout: frozenset[str] = frozenset()) -> TrainingData:
+    """Decode the training people's faces (with an augmentation margin) and the validation set; ``holdout``
+    people are neither (see `load_split`)."""
+    table, split = load_split(data, pairs_file, cfg, holdout)
     train_rows = table[table["identity"].isin(split.train)].reset_index(drop=True)
     if train_rows.empty:
         raise DataError(f"{data}: no training people left after holding out validation/dev people")

@@ -33,7 +33,7 @@ def test_prefect_yaml_has_the_same_deployments_as_flows_deploy() -> None:
     settings = load_settings(DEFAULT_CONFIG)
     served = {d.name: d for d in build_deployments(settings)}
     declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
-    assert sorted(declared) == sorted(served) == ["enroll", "lookup", "retrain", "rollback"]
+    assert sorted(declared) == sorted(served) == ["enroll", "forget", "lookup", "retrain", "rollback"]
     for name, d in declared.items():
         path, func = d["entrypoint"].split(":")
         assert served[name].entrypoint == path.removesuffix(".py").replace("/", ".") + "." + func
@@ -62,6 +62,7 @@ def test_every_prefect_yaml_parameter_equals_its_flows_toml_value() -> None:
         "lookup": {"registry": reg["path"], "chunk_size": chunks["lookup"], "max_in_flight": chunks["max_in_flight"],
                    "fail_reject_share": rejects["fail_share"]},
         "rollback": {"registry": reg["path"], "chunk_size": chunks["enroll"]},
+        "forget": {"registry": reg["path"]},
     }
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     assert {d["name"]: d["parameters"] for d in declared} == expected
@@ -152,10 +153,10 @@ cron = "* * * * * */10"   # a sixth (seconds) field: every 10 s, so the test nee
             done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 0, done.stdout + done.stderr
         pooled = api(url, "/deployments/filter", {})
-        assert sorted(d["name"] for d in pooled) == ["enroll", "lookup", "retrain", "rollback"]
+        assert sorted(d["name"] for d in pooled) == ["enroll", "forget", "lookup", "retrain", "rollback"]
         assert all(d["work_pool_name"] == "facepipe" for d in pooled)
 
-        # `python -m flows.deploy` serves the same four, and the scheduled retrain run completes
+        # `python -m flows.deploy` serves the same five, and the scheduled retrain run completes
         with started([sys.executable, "-m", "flows.deploy", "--settings", str(tmp_path / "flows.toml")], env, serve_log,
                      tmp_path):
             def completed() -> list[dict[str, Any]]:
@@ -168,6 +169,6 @@ cron = "* * * * * */10"   # a sixth (seconds) field: every 10 s, so the test nee
             runs = wait_for(completed, 150, "a completed scheduled retrain run", serve_log)
         assert runs[0]["auto_scheduled"] and runs[0]["deployment_id"]
         served = {d["name"]: d for d in api(url, "/deployments/filter", {})}
-        assert sorted(served) == ["enroll", "lookup", "retrain", "rollback"]
+        assert sorted(served) == ["enroll", "forget", "lookup", "retrain", "rollback"]
     live = ModelRegistry.open(tmp_path / "registry").require_current()  # the scheduled run promoted a model
     assert live.reason == "no current model"

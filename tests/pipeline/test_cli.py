@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.data import schemas
 from pipeline.data.manifest import read_images
 from pipeline.model.artifacts import load_model
 from pipeline.model.embed import embed_table
@@ -114,7 +115,8 @@ def test_full_cli_round_trip(model_dir: Path, people: dict, tmp_path: Path, caps
                  "--out", str(tmp_path / "emb.parquet"), "-q"]) == 0
     emb = pq.read_table(tmp_path / "emb.parquet")
     assert emb.schema.field("embedding").type.list_size == 32
-    assert set(emb.column_names) == {"image_path", "identity", "embedding", "model_version"}
+    assert emb.column_names == ["image_path", "identity", "embedding", "model_version", *schemas.FACE]
+    assert emb.column("faces_found").null_count == len(emb)  # a central-crop model measures no face
 
     name = people["rest"]["identity"].iloc[0]
     assert main(["remove", "--index", str(index), "--identity", name]) == 0

@@ -246,3 +246,19 @@ def test_aligned_input_skips_detection_and_matches_the_photo(aligned_model: Path
     assert top["identity"] == Path(src.path).parent.name and top["score"] > 0.99
     assert top["faces_found"] == 1 and np.isnan(top["face_score"])
     assert (tmp_path / "review" / "index.html").is_file() and any("review page" in s for s in lines)
+
+
+def test_embed_output_carries_the_face_columns(aligned_model: Path, photos: dict, tmp_path: Path) -> None:
+    """`facepipe embed` with an aligned model keeps what the face step measured, per image, like enrol and query."""
+    manifest = tmp_path / "images.csv"
+    pd.DataFrame({"image_path": [photos["gallery"]["image_path"].iloc[0], photos["case"]["blurry"],
+                                 photos["case"]["ambiguous"]]}).to_csv(manifest, index=False)
+    assert main(["embed", "--model", str(aligned_model), "--images", str(manifest), "--out",
+                 str(tmp_path / "emb.parquet"), "-q"]) == 0
+    emb = pq.read_table(tmp_path / "emb.parquet").to_pandas()
+    assert list(emb.columns) == ["image_path", "identity", "embedding", "model_version", *schemas.FACE]
+    assert emb["faces_found"].tolist()[::2] == [1, 2] and emb["faces_found"].iloc[1] >= 1
+    assert emb["face_score"].gt(0.5).all()
+    assert emb["interocular_px"].gt(10).all() and emb["sharpness"].notna().all()
+    flags = dict(zip(emb["image_path"], emb["quality_flags"].fillna("")))
+    assert "blurry" in flags[photos["case"]["blurry"]] and "blurry" not in flags[emb["image_path"].iloc[0]]

@@ -360,9 +360,17 @@ def _worker_run(chunk: list[str]) -> tuple[list[str], np.ndarray]:
             raise _WORKER["error"]
         return chunk, _embed_chunk(_WORKER["teacher"], chunk, _WORKER["provider"])
     except Exception as exc:
-        try:  # the error travels back pickled: one that cannot (custom __init__) would break the whole pool
-            pickle.loads(pickle.dumps(exc))
-        except (pickle.PickleError, TypeError, AttributeError, ValueError):
-            kind = DataError if isinstance(exc, ValueError) else ModelArtifactError
-            raise kind(f"{type(exc).__name__}: {exc}") from None
-        raise
+        portable = _portable(exc)
+    raise portable  # outside the handler: a replacement carries no unpicklable __context__
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling (it travels back to the parent so), else a DataError/ModelArtifactError
+    with its type and message: an error that cannot unpickle (a custom ``__init__``, a lock in its attributes
+    or in its ``__context__`` when tblib's pickling support is installed) would break the whole pool."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - whatever pickling raises, the replacement is plain
+        kind = DataError if isinstance(exc, ValueError) else ModelArtifactError
+        return kind(f"{type(exc).__name__}: {exc}")

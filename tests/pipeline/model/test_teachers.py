@@ -471,3 +471,29 @@ def test_cache_fork_workers_after_opencv_threads_ran(tmp_path):
         pytest.fail("forked teacher workers hung")
     assert proc.returncode == 0, err[-2000:]
     assert out.split() == ["(12,", "8)", "2"]
+
+
+_ERRORS_WITH_TBLIB = """
+import sys
+sys.path.insert(0, {here!r})
+import pytest
+import test_teachers as t
+from tblib import pickling_support
+pickling_support.install()  # as dask and distributed do when imported: exceptions then pickle their __context__
+shas = [t._sha(i) for i in range(8)]
+
+def unpicklable(chunk):
+    raise t._LockedError("provider lost its handle")
+
+with pytest.raises(t.DataError, match="_LockedError: provider lost its handle"):
+    t.TeacherCache({root!r}).get_or_compute(t.CountingTeacher(), "v1", shas, unpicklable, workers=2, chunk_size=2)
+print("ok")
+"""
+
+
+def test_cache_worker_errors_come_back_with_tblib_pickling(tmp_path):
+    """With tblib's exception pickling installed (any process that imported dask), an unpicklable provider error
+    still comes back as one DataError instead of killing the worker pool."""
+    code = _ERRORS_WITH_TBLIB.format(here=str(Path(__file__).parent), root=str(tmp_path / "c"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr[-2000:]
