@@ -29,12 +29,12 @@ from lifecycle.registry import ModelRegistry, Pair
 from pipeline.core.config import Config, load_config, read_toml
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import write_parquet_atomic
+from pipeline.data.manifest import read_images
+from pipeline.data.splits import make_pairs, split_random
 from pipeline.evaluate.plots import plot_roc
 from pipeline.evaluate.protocol import evaluate_model
 from pipeline.serve import gallery
 from pipeline.train.loop import train
-from pipeline.data.manifest import read_images
-from pipeline.data.splits import make_pairs, split_random
 from pipeline.train.prepare import TrainingData, load_split, prepare_training
 
 GATE_PAIRS = 1000  # genuine pairs (and as many impostor pairs) of a pinned evaluation without a pairs file

@@ -56,7 +56,8 @@ def _one_shot_split(identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.array(gallery, dtype=np.int64), np.array(known, dtype=np.int64), np.array(unknown, dtype=np.int64)
 
 
-def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None) -> DemoResult:
+def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None,
+             with_teacher: Any = None) -> DemoResult:
     """Run the whole job; write ``out_dir/{model,gallery,report}``. Returns the headline numbers."""
     root, pairs = lfw_layout(data_dir)
     if pairs is None:
@@ -75,6 +76,8 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None)
 
     t_prep = time.monotonic()
     data = prepare_training(root, pairs, cfg)
+    if with_teacher is not None:  # the caller's way of attaching the teacher (e.g. with a progress bar)
+        data = with_teacher(data)
     prep_s = time.monotonic() - t_prep
     result = train(cfg, data, out_dir / "model", on_step=on_step)
     model = load_model(out_dir / "model", device=cfg.train.device)

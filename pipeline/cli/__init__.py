@@ -119,6 +119,7 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
                    help="where bad images and duplicates are listed (default: ./enroll-rejects.parquet)")
     p.add_argument("--chunk-size", type=int, default=1024, help="images per atomic commit")
     p.add_argument("--audit-log", metavar="FILE", help="default: $FACEPIPE_AUDIT_LOG, else INDEX_DIR.audit.jsonl")
+    _add_face_options(p)
     p.set_defaults(func=f"{s}:cmd_enroll")
 
     p = sub.add_parser("verify", help="1:1: is each probe the identity it claims?")
@@ -129,6 +130,7 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="MODEL_DIR", help="default: the model recorded in the gallery")
     p.add_argument("--threshold", type=float, help="cosine threshold (default: the model's, calibrated at its FAR)")
     p.add_argument("--chunk-size", type=int, default=2048)
+    _add_face_options(p)
     p.set_defaults(func=f"{s}:cmd_verify")
 
     p = sub.add_parser("identify", help="1:N: who is each probe? (open-set: 'unknown' below the threshold)")
@@ -139,6 +141,9 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="MODEL_DIR", help="default: the model recorded in the gallery")
     p.add_argument("--threshold", type=float, help="cosine threshold (default: the model's, calibrated at its FAR)")
     p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--report", metavar="DIR", help="also write a review page DIR/index.html: each probe's aligned "
+                                                   "face beside its top-k gallery faces, rejects and unknowns first")
+    _add_face_options(p)
     p.set_defaults(func=f"{s}:cmd_identify")
 
     p = sub.add_parser("remove", help="delete an identity everywhere (index, metadata, embeddings)")
@@ -162,6 +167,14 @@ def _add_store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="also verify every file's checksum")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=f"{s}:cmd_info")
+
+
+def _add_face_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aligned", action="store_true",
+                   help="the images are template-aligned face crops already: skip detection (blur is still measured)")
+    p.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                   help="a face limit for this call (repeatable): min_interocular_px, min_score, min_sharpness, "
+                        "max_abs_yaw_deg, dominance_margin, centrality_weight (defaults: pipeline/faces/policy.py)")
 
 
 def cmd_flow(args: argparse.Namespace, out) -> int:

@@ -51,6 +51,20 @@ def train_progress(enabled: bool) -> tuple[Callable[[dict[str, Any]], None], Cal
     return on_step, bar.close
 
 
+def teacher_progress(enabled: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A bar for the teacher's embeddings of the training faces (cached ones count as done at once):
+    (progress(done, total) callback, close)."""
+    bar = tqdm(desc="teacher", unit="img", disable=not enabled or not sys.stderr.isatty(), leave=False,
+               dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
 def write_rejects(rejects: pd.DataFrame, path: Path, out: Callable[[str], None]) -> None:
     """Write the rejects table if it has rows, and say so."""
     if len(rejects):

@@ -6,7 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline.cli.common import progress, table, train_progress, write_rejects
+from pipeline.cli.common import (
+    progress,
+    table,
+    teacher_progress,
+    train_progress,
+    write_rejects,
+)
 from pipeline.core.config import load_config
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_json_atomic, write_parquet_atomic
@@ -19,6 +25,7 @@ from pipeline.model.artifacts import load_model
 from pipeline.model.embed import embed_table, embeddings_table
 from pipeline.train.loop import train
 from pipeline.train.prepare import prepare_training
+from pipeline.train.teacher_targets import attach_teacher
 
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None):
@@ -30,11 +37,21 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None):
     return load_config(args.config, overrides)
 
 
+def _with_teacher(data, cfg, quiet: bool):
+    """The teacher's embeddings of the training faces (from the cache; missing ones computed) with a bar."""
+    update, close = teacher_progress(not quiet)
+    try:
+        return attach_teacher(data, cfg, progress=update)
+    finally:
+        close()
+
+
 def cmd_train(args: argparse.Namespace, out) -> int:
     cfg = _config(args)
     data = prepare_training(args.data, args.pairs, cfg)
     if len(data.rejects):
         write_rejects(data.rejects, Path(args.out) / "train-rejects.parquet", out)
+    data = _with_teacher(data, cfg, args.quiet)
     on_step, close = train_progress(not args.quiet)
     try:
         result = train(cfg, data, args.out, resume=args.resume, on_step=on_step)
@@ -110,7 +127,7 @@ def cmd_embed(args: argparse.Namespace, out) -> int:
 
 # The demo trains for minutes, not an hour: the small backbone learns fastest in that time (docs/training.md);
 # `train` uses the default recipe. A --config file or --set model.backbone=... replaces this.
-DEMO_RECIPE = ["model.backbone=test_resnet", "train.member_shares=", "data.crop_fraction=0.52", "data.image_size_px=64"]
+DEMO_RECIPE = ["model.backbone=test_resnet"]
 
 
 def cmd_demo(args: argparse.Namespace, out) -> int:
@@ -122,7 +139,8 @@ def cmd_demo(args: argparse.Namespace, out) -> int:
     out(f"demo: data {data_dir}, {cfg.train.minutes:g} min training budget, output {out_dir}")
     on_step, close = train_progress(not args.quiet)
     try:
-        res = run_demo(data_dir, out_dir, cfg, on_step=on_step)
+        res = run_demo(data_dir, out_dir, cfg, on_step=on_step,
+                       with_teacher=lambda data: _with_teacher(data, cfg, args.quiet))
     finally:
         close()
     s = res.summary

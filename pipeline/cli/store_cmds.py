@@ -1,7 +1,7 @@
 """CLI commands about the gallery store: enroll, verify, identify, remove, info.
 
-``--aligned`` (enroll / verify / identify: the inputs are aligned crops, detection is skipped) and ``--report DIR``
-(identify: the review page, `pipeline.serve.report`) are read with ``getattr`` so a parser without them still works.
+``--aligned`` (enroll / verify / identify: the inputs are aligned crops, detection is skipped), ``--policy KEY=VALUE``
+(this call's face limits) and ``--report DIR`` (identify: the review page, `pipeline.serve.report`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pipeline.core.audit import AuditLog
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_parquet_atomic
 from pipeline.data.manifest import read_images
+from pipeline.faces.policy import FacePolicy, face_policy
 from pipeline.serve.gallery import (
     enroll_chunk,
     identify_chunk,
@@ -37,7 +38,8 @@ def cmd_enroll(args: argparse.Namespace, out) -> int:
     before = len(store)
     t0 = time.monotonic()
     with progress(len(images), "enrol", enabled=not args.quiet) as update:
-        added, rejects = run_chunked(partial(enroll_chunk, store, model, aligned=_aligned(args)), images,
+        added, rejects = run_chunked(partial(enroll_chunk, store, model, aligned=_aligned(args),
+                                             policy=_policy(args)), images,
                                      args.chunk_size, update)
     dt = time.monotonic() - t0
     out(f"enrolled {len(added)} image(s) of {added['identity'].nunique() if len(added) else 0} identities "
@@ -83,7 +85,8 @@ def cmd_verify(args: argparse.Namespace, out) -> int:
     store, model = open_gallery(args.index, args.model)
     with progress(len(probes), "verify", enabled=not args.quiet) as update:
         res, rejects = run_chunked(partial(verify_chunk, store, model, threshold=args.threshold,
-                                           aligned=_aligned(args)), probes, args.chunk_size, update)
+                                           aligned=_aligned(args), policy=_policy(args)), probes, args.chunk_size,
+                                   update)
     write_parquet_atomic(res, args.out)
     n_match = int(res["match"].sum()) if len(res) else 0
     unknown = int((~res["known"]).sum()) if len(res) else 0
@@ -101,7 +104,8 @@ def cmd_identify(args: argparse.Namespace, out) -> int:
     t0 = time.monotonic()
     with progress(len(probes), "identify", enabled=not args.quiet) as update:
         res, rejects = run_chunked(partial(identify_chunk, store, model, top_k=args.top_k, threshold=args.threshold,
-                                           aligned=_aligned(args)), probes, args.chunk_size, update)
+                                           aligned=_aligned(args), policy=_policy(args)), probes, args.chunk_size,
+                                   update)
     write_parquet_atomic(res, args.out)
     top1 = res[res["rank"] == 1] if len(res) else res
     n_unknown = int((top1["decision"] == "unknown").sum()) if len(res) else 0
@@ -134,6 +138,12 @@ def _say_flagged(res, out) -> None:
 
 def _aligned(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "aligned", False))
+
+
+def _policy(args: argparse.Namespace) -> FacePolicy | None:
+    """``--policy KEY=VALUE`` pairs -> this call's FacePolicy (None: the defaults)."""
+    pairs = getattr(args, "policy", None) or []
+    return face_policy(pairs) if pairs else None
 
 
 def cmd_remove(args: argparse.Namespace, out) -> int:

@@ -91,6 +91,8 @@ class TrainConfig:
     augment_scale: float = 0.08  # random zoom in [1 - s, 1 + s] (0 = off)
     augment_erase: float = 0.0  # probability of erasing a random rectangle (2-20 % of the face) per image
     augment_gray: float = 0.0  # probability of turning an image grey
+    # aligned faces: probability that an image's surroundings (outside the face ellipse) are another image's
+    augment_background: float = 0.0
     sampler_min_images: int = 2  # metric losses: people with fewer than K (but >= this) images are drawn with repeats
     # ensemble: each member's share of the time budget (empty = equal). The default belongs to the default
     # ensemble: left at its default with a spec of ANOTHER number of members, members share equally
@@ -301,6 +303,9 @@ def validate(cfg: Config) -> None:
         (cfg.train.loader_workers >= 0, f"train.loader_workers={cfg.train.loader_workers} must be >= 0"),
         (cfg.train.sampler_min_images >= 1, f"train.sampler_min_images={cfg.train.sampler_min_images} must be >= 1"),
         (0.0 <= cfg.train.augment_scale < 0.5, f"train.augment_scale={cfg.train.augment_scale} must be in [0, 0.5)"),
+        *[(0.0 <= getattr(cfg.train, f"augment_{k}") <= 1.0,
+           f"train.augment_{k}={getattr(cfg.train, f'augment_{k}')} is a probability: it must be in [0, 1]")
+          for k in ("erase", "gray", "background")],
         (cfg.loss.triplet_weight >= 0, f"loss.triplet_weight={cfg.loss.triplet_weight} must be >= 0"),
     ]
     members = parse_backbone(cfg.model.backbone)

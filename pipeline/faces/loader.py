@@ -30,7 +30,7 @@ from pipeline.data.manifest import empty_rejects
 from pipeline.faces.aligner import AlignerConfig, FaceAligner
 from pipeline.faces.crop_cache import AlignedCropCache
 from pipeline.faces.outcome import FaceOutcome
-from pipeline.faces.policy import Mode
+from pipeline.faces.policy import FacePolicy, Mode
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,14 @@ class FacePreprocessing:
         return FacePreprocessing(self.crop_fraction, self.size_px, self.aligner, Mode(mode), self.cache)
 
 
-def build_aligner(detector: str, aligned_px: int, *, mode: Mode | str = Mode.QUERY) -> FaceAligner | None:
-    """The aligner named by a config or a model.json (``"none"`` -> None)."""
+def build_aligner(detector: str, aligned_px: int, *, mode: Mode | str = Mode.QUERY,
+                  policy: FacePolicy | None = None) -> FaceAligner | None:
+    """The aligner named by a config or a model.json (``"none"`` -> None); ``policy``: the acceptance limits
+    (default `FacePolicy()`; not part of the aligner's version: crops do not depend on it)."""
     if detector in ("", "none"):
         return None
-    return FaceAligner(AlignerConfig(detector=detector, size_px=aligned_px, mode=Mode(mode)))
+    return FaceAligner(AlignerConfig(detector=detector, size_px=aligned_px, mode=Mode(mode),
+                                     policy=policy or FacePolicy()))
 
 
 def preprocessing_from_config(cfg: Config, *, crop_fraction: float | None = None, size_px: int | None = None,
@@ -83,8 +86,9 @@ def preprocessing_from_config(cfg: Config, *, crop_fraction: float | None = None
 
 
 def preprocessing_from_meta(pre: dict[str, Any], *, mode: Mode | str = Mode.QUERY,
-                            cache: AlignedCropCache | None = None) -> FacePreprocessing:
-    """The preprocessing a saved model was trained with (its ``model.json`` ``preprocessing`` section).
+                            cache: AlignedCropCache | None = None, policy: FacePolicy | None = None) -> FacePreprocessing:
+    """The preprocessing a saved model was trained with (its ``model.json`` ``preprocessing`` section), with the
+    face ``policy`` of this call (default `FacePolicy()`).
 
     Raises ConfigError when this installation's aligner differs from the one recorded (other detector weights
     would make other crops: the model's embeddings and thresholds would not hold).
@@ -92,7 +96,7 @@ def preprocessing_from_meta(pre: dict[str, Any], *, mode: Mode | str = Mode.QUER
     face = pre.get("face")
     aligner = None
     if face:
-        aligner = build_aligner(str(face["detector"]), int(face["aligned_px"]), mode=mode)
+        aligner = build_aligner(str(face["detector"]), int(face["aligned_px"]), mode=mode, policy=policy)
         if aligner is not None and aligner.version != face["alignment"]:
             raise ConfigError(f"the model was trained on faces aligned by {face['alignment']!r} but this installation "
                               f"aligns with {aligner.version!r}; install the recorded detector weights or retrain")

@@ -6,6 +6,7 @@ rejected in ``flags``. Every reason names the measured value and the limit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -138,3 +139,20 @@ def quality_failures(quality: dict[str, float], policy: FacePolicy) -> list[tupl
         out.append((YAW,
                     f"{YAW}: |yaw| {abs(quality['yaw_deg']):.1f} deg > max_abs_yaw_deg {policy.max_abs_yaw_deg:g}"))
     return out
+
+
+def face_policy(pairs: Sequence[str]) -> FacePolicy:
+    """A FacePolicy from ``KEY=VALUE`` strings (the others at their defaults); a bad key or value is a ConfigError
+    naming it and the valid keys."""
+    names = [f.name for f in dataclasses.fields(FacePolicy)]
+    values: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise ConfigError(f"face policy {pair!r}: expected KEY=VALUE with KEY one of {names}")
+        try:
+            values[key] = float(raw)
+        except ValueError:
+            raise ConfigError(f"face policy {pair!r}: {raw!r} is not a number") from None
+    return FacePolicy(**values)

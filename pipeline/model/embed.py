@@ -16,7 +16,7 @@ import torch
 from pipeline.data import schemas
 from pipeline.data.manifest import empty_rejects
 from pipeline.faces.loader import load_table, preprocessing_from_meta
-from pipeline.faces.policy import Mode
+from pipeline.faces.policy import FacePolicy, Mode
 from pipeline.model.artifacts import LoadedModel
 from pipeline.model.encoder import Encoder
 
@@ -72,16 +72,17 @@ class EmbeddedChunk:
 
 def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
                      progress: Callable[[int], None] | None = None, mode: Mode | str = Mode.QUERY,
-                     already_aligned: bool = False) -> Iterator[EmbeddedChunk]:
+                     already_aligned: bool = False, policy: FacePolicy | None = None) -> Iterator[EmbeddedChunk]:
     """Load faces the model's way (`pipeline.faces.loader`: align when the model was trained on aligned faces)
     and embed an image table chunk by chunk (memory bounded by ``chunk_size``).
 
     ``mode``: ``enrol`` rejects faces the policy refuses (too small, blurry, turned, ambiguous) with the measured
     value; ``query`` lets them through and reports them. With alignment, each kept row gains the face columns
     (``faces_found``, ``face_score``, ``interocular_px``, ``sharpness``, ``yaw_deg``, ``quality_flags``).
+    ``policy``: this call's limits (default `FacePolicy()`).
     """
     pre = model.meta["preprocessing"]
-    prep = preprocessing_from_meta(pre, mode=mode)
+    prep = preprocessing_from_meta(pre, mode=mode, policy=policy)
     for start in range(0, len(table), chunk_size):
         part = table.iloc[start : start + chunk_size]
         faces = load_table(part, prep, already_aligned=already_aligned)

@@ -28,7 +28,7 @@ from pipeline.core.io import atomic_path, file_digest, write_parquet_atomic
 from pipeline.data import schemas
 from pipeline.data.manifest import empty_rejects, read_images
 from pipeline.faces.loader import QUALITY_COLUMNS
-from pipeline.faces.policy import Mode
+from pipeline.faces.policy import FacePolicy, Mode
 from pipeline.model.artifacts import LoadedModel, load_model
 from pipeline.model.embed import iter_embed_table, read_embeddings
 
@@ -77,7 +77,7 @@ def chunks(table: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
 
 
 def _embed(model: LoadedModel, table: pd.DataFrame, *, mode: Mode | str = Mode.QUERY,
-           aligned: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+           aligned: bool = False, policy: FacePolicy | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Embed one chunk: from images (faces made the model's way, under ``mode``; ``aligned``: the files are
     aligned crops already), or from a precomputed ``embedding`` column (checked for the model)."""
     if "embedding" in table.columns:
@@ -90,7 +90,7 @@ def _embed(model: LoadedModel, table: pd.DataFrame, *, mode: Mode | str = Mode.Q
     # face columns of an earlier embedding (a batch re-embedded by another model) are measured again
     table = table.drop(columns=[c for c in QUALITY_COLUMNS if c in table.columns])
     (chunk,) = list(iter_embed_table(model, table, chunk_size=max(1, len(table)), mode=Mode(mode),
-                                     already_aligned=aligned))
+                                     already_aligned=aligned, policy=policy))
     return chunk.rows, chunk.embeddings, chunk.rejects
 
 
@@ -114,12 +114,13 @@ def _sha_or_none(path: object) -> str | None:
 
 
 def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: Collection[str] = (), *,
-                        aligned: bool = False, mode: Mode | str = Mode.ENROL) -> EnrolBatch:
+                        aligned: bool = False, mode: Mode | str = Mode.ENROL,
+                        policy: FacePolicy | None = None) -> EnrolBatch:
     """Hash and embed one chunk of an image table, skipping images whose sha256 is in ``known_sha256``.
 
     ``mode`` is ``Mode.ENROL`` (the face policy rejects bad faces, naming the measured value and the limit);
     re-embedding images that are enrolled already uses ``Mode.QUERY`` (`reembed_chunk`). ``aligned``: the
-    files are aligned crops (no detection).
+    files are aligned crops (no detection). ``policy``: this call's face limits (default `FacePolicy()`).
 
     An ``image_sha256`` column already in ``table`` (e.g. from a store's metadata) is what the file must
     still hash to: a file that changed is rejected ("image changed since enrolment").
@@ -133,7 +134,7 @@ def embed_for_enrolment(model: LoadedModel, table: pd.DataFrame, known_sha256: C
     if todo.empty:
         rows, emb, rejects = todo, np.zeros((0, model.encoder.embedding_dim), np.float32), empty_rejects()
     else:
-        rows, emb, rejects = _embed(model, todo, mode=mode, aligned=aligned)
+        rows, emb, rejects = _embed(model, todo, mode=mode, aligned=aligned, policy=policy)
     if changed.any():
         rejects = pd.concat([rejects, pd.DataFrame({"image_path": table.loc[changed, "image_path"].astype(str),
                                                     "error": "image changed since enrolment (sha256 differs)"})],
@@ -175,21 +176,23 @@ def commit_enrolment(store: GalleryStore, batch: EnrolBatch) -> ChunkResult:
     return ChunkResult(schemas.conform(added, schemas.ENROLLED), schemas.conform(rejects, schemas.REJECTS))
 
 
-def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, aligned: bool = False) -> ChunkResult:
+def enroll_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, aligned: bool = False,
+                 policy: FacePolicy | None = None) -> ChunkResult:
     """Embed (``Mode.ENROL``) and enrol one chunk (identity + image_path rows) in ONE atomic commit (see
     `commit_enrolment`); faces the policy refuses are rejects naming the measured value and the limit.
     ``aligned``: the files are aligned crops already (no detection; blur is still checked)."""
-    return commit_enrolment(store, embed_for_enrolment(model, table, aligned=aligned))
+    return commit_enrolment(store, embed_for_enrolment(model, table, aligned=aligned, policy=policy))
 
 
 def identify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *, top_k: int = 5,
-                   threshold: float | None = None, aligned: bool = False) -> ChunkResult:
+                   threshold: float | None = None, aligned: bool = False,
+                   policy: FacePolicy | None = None) -> ChunkResult:
     """1:N with open-set rejection for one chunk of probes (``Mode.QUERY``: poor faces are answered, flagged).
 
     Results: image_path, rank, identity, score, decision, model_version (top_k rows per probe), then the
     probe's face columns (`schemas.FACE`, repeated on its k rows; null without alignment).
     """
-    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned)
+    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned, policy=policy)
     if rows.empty:
         return ChunkResult(schemas.empty(schemas.IDENTIFY), schemas.conform(rejects, schemas.REJECTS))
     res = store.identify(emb, model_version=model.model_version, top_k=top_k, threshold=threshold)
@@ -204,7 +207,8 @@ def identify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame,
 
 
 def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *,
-                 threshold: float | None = None, aligned: bool = False) -> ChunkResult:
+                 threshold: float | None = None, aligned: bool = False,
+                 policy: FacePolicy | None = None) -> ChunkResult:
     """1:1 claims for one chunk (rows need ``claimed_identity``; ``Mode.QUERY``: poor faces are answered, flagged).
 
     Results: the probe's columns + score (cosine), threshold, match (bool), known, model_version, the face
@@ -212,7 +216,7 @@ def verify_chunk(store: GalleryStore, model: LoadedModel, table: pd.DataFrame, *
     """
     if "claimed_identity" not in table.columns:
         raise DataError(f"verify probes need a 'claimed_identity' column; found {list(table.columns)}")
-    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned)
+    rows, emb, rejects = _embed(model, table, mode=Mode.QUERY, aligned=aligned, policy=policy)
     if rows.empty:
         return ChunkResult(schemas.conform(rows.drop(columns=["abs_path", "model_version", "embedding"], errors="ignore"),
                                            schemas.VERIFY), schemas.conform(rejects, schemas.REJECTS))

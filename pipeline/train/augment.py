@@ -8,13 +8,32 @@ import torch.nn.functional as F
 
 from pipeline.model.embed import to_input
 
+# The face in an ArcFace-template crop (112 px, fractions of its side): an ellipse from the brows to the chin
+# and cheek to cheek; what lies outside it (hair, ears, background) is the photo's, not the person's.
+FACE_ELLIPSE = (0.5, 0.57, 0.36, 0.46)  # centre x, centre y, semi-axis x, semi-axis y
+
+
+def face_mask(out_px: int, crop_fraction: float = 1.0, feather: float = 0.06) -> torch.Tensor:
+    """float (S, S): 1 inside `FACE_ELLIPSE` of an aligned face cropped to its central ``crop_fraction``, 0
+    outside, with a soft edge ``feather`` (fraction of the side) wide."""
+    cx, cy, ax, ay = FACE_ELLIPSE
+    v = (np.arange(out_px) + 0.5) / out_px  # crop coordinates -> template coordinates
+    u = (v - 0.5) * crop_fraction + 0.5
+    r = np.sqrt(((u[None, :] - cx) / ax) ** 2 + ((u[:, None] - cy) / ay) ** 2)
+    edge = feather / min(ax, ay)
+    return torch.from_numpy(np.clip((1 + edge / 2 - r) / edge, 0, 1).astype(np.float32))
+
 
 def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: bool,
-            rotation_deg: float = 0.0, scale: float = 0.0, erase: float = 0.0, gray: float = 0.0) -> torch.Tensor:
+            rotation_deg: float = 0.0, scale: float = 0.0, erase: float = 0.0, gray: float = 0.0,
+            background: float = 0.0, crop_fraction: float = 1.0) -> torch.Tensor:
     """uint8 (B, L, L, 3) -> normalised float (B, 3, S, S).
 
     Random crop, mirror, brightness/contrast jitter, and optionally a random rotation (+-
-    ``rotation_deg``) and zoom (``1 +- scale``) applied as one batched affine warp.
+    ``rotation_deg``) and zoom (``1 +- scale``) applied as one batched affine warp. ``background``: the
+    probability that an image's surroundings (outside `face_mask`; for aligned faces cropped to
+    ``crop_fraction`` of the template) are replaced by another image's of the batch, so that no shortcut
+    through the photo's background, hair or clothes (often shared by one person's photos in a dataset) pays.
     """
     b, load_px = images.shape[0], images.shape[1]
     if not enabled or load_px == out_px:
@@ -50,4 +69,11 @@ def augment(images: np.ndarray, out_px: int, rng: np.random.Generator, enabled: 
             w = int(min(out_px, round(np.sqrt(area / aspect))))
             y0, x0 = rng.integers(0, out_px - h + 1), rng.integers(0, out_px - w + 1)
             x[i, :, y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(rng.uniform(-1, 1, size=(3, 1, 1))).float()
+    if background > 0 and b > 1:
+        swap = torch.from_numpy(rng.random(b) < background)
+        if swap.any():
+            donor = (np.arange(b) + rng.integers(1, b)) % b  # another image of the batch (as jittered), never itself
+            m = face_mask(out_px, crop_fraction)
+            mixed = x * m + x[torch.from_numpy(donor)] * (1 - m)
+            x = torch.where(swap[:, None, None, None], mixed, x)
     return x

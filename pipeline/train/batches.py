@@ -44,7 +44,9 @@ class AugmentedBatches(IterableDataset):
         t = self.cfg.train
         rng = np.random.default_rng([self.seed, self.epoch, i])
         x = augment(self.images[idx], self.cfg.data.image_size_px, rng, t.augment, t.augment_rotation_deg,
-                    t.augment_scale, t.augment_erase, t.augment_gray)
+                    t.augment_scale, t.augment_erase, t.augment_gray,
+                    t.augment_background if self.cfg.data.face_detector != "none" else 0.0,
+                    self.cfg.data.crop_fraction)
         return Batch(torch.from_numpy(idx), n_metric, x, torch.from_numpy(self.labels[idx[:n_metric]]))
 
     def __iter__(self) -> Iterator[Batch]:

@@ -26,9 +26,7 @@ import synth
 
 from indexes import GalleryStore
 from pipeline.cli import (
-    build_parser,
     main,
-    store_cmds,
 )
 from pipeline.data import schemas
 from pipeline.faces import AlignerConfig, FaceAligner
@@ -220,7 +218,7 @@ def test_enrol_results_carry_the_face_columns(aligned_model: Path, photos: dict,
 
 
 def test_aligned_input_skips_detection_and_matches_the_photo(aligned_model: Path, enrolled: dict, photos: dict,
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--aligned: a crop aligned elsewhere is taken as it is (faces_found 1, no detector score), a blurred one is
     still refused at enrolment, and an aligned crop of a gallery photo finds that photo at score ~1."""
     aligner = photos["aligner"]
@@ -236,11 +234,10 @@ def test_aligned_input_skips_detection_and_matches_the_photo(aligned_model: Path
     assert r.rejects["error"].str.match(r"blurry: sharpness 0\.\d{3} < min_sharpness 0\.15").all()
     # identify through the CLI command with --aligned (and the review page) against the LFW-photo gallery
     pd.DataFrame({"image_path": [sharp]}).to_csv(tmp_path / "probes.csv", index=False)
-    args = build_parser().parse_args(["identify", "--index", str(enrolled["index"]), "--probes",
-                                      str(tmp_path / "probes.csv"), "--out", str(tmp_path / "hits.parquet"), "-q"])
-    args.aligned, args.report = True, str(tmp_path / "review")
-    lines: list[str] = []
-    assert store_cmds.cmd_identify(args, lines.append) == 0
+    capsys.readouterr()
+    assert main(["identify", "--index", str(enrolled["index"]), "--probes", str(tmp_path / "probes.csv"),
+                 "--out", str(tmp_path / "hits.parquet"), "--aligned", "--report", str(tmp_path / "review")]) == 0
+    lines = capsys.readouterr().out.splitlines()
     hits = pq.read_table(tmp_path / "hits.parquet").to_pandas()
     top = hits[hits["rank"] == 1].iloc[0]
     assert top["identity"] == Path(src.path).parent.name and top["score"] > 0.99
@@ -262,3 +259,27 @@ def test_embed_output_carries_the_face_columns(aligned_model: Path, photos: dict
     assert emb["interocular_px"].gt(10).all() and emb["sharpness"].notna().all()
     flags = dict(zip(emb["image_path"], emb["quality_flags"].fillna("")))
     assert "blurry" in flags[photos["case"]["blurry"]] and "blurry" not in flags[emb["image_path"].iloc[0]]
+
+
+def test_policy_flags_change_the_limits_of_one_call(aligned_model: Path, photos: dict, tmp_path: Path) -> None:
+    """`--policy KEY=VALUE` sets this call's limits: the turned head (|yaw| 61 deg) and the tiny face are refused by
+    default and enrolled with looser limits; a bad key or value is one clear line, exit 2."""
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"image_path": [photos["case"]["yaw"], photos["case"]["too_small"]],
+                  "identity": ["turned", "tiny"]}).to_csv(manifest, index=False)
+
+    def enrol(index: str, *policy: str) -> tuple[int, pd.DataFrame]:
+        code = main(["enroll", "--model", str(aligned_model), "--index", str(tmp_path / index), "--images",
+                     str(manifest), "--rejects", str(tmp_path / f"{index}.parquet"), "-q",
+                     *[a for p in policy for a in ("--policy", p)]])
+        rej = tmp_path / f"{index}.parquet"
+        return code, pq.read_table(rej).to_pandas() if rej.exists() else pd.DataFrame(columns=["image_path"])
+
+    code, rej = enrol("strict")
+    assert code == 0 and sorted(rej["error"].str.split(":").str[0]) == ["too_small", "yaw"]
+    code, rej = enrol("loose", "max_abs_yaw_deg=75", "min_interocular_px=5")
+    assert code == 0 and len(rej) == 0 and len(GalleryStore.open(tmp_path / "loose")) == 2
+    assert main(["enroll", "--model", str(aligned_model), "--index", str(tmp_path / "x"), "--images", str(manifest),
+                 "--policy", "max_yaw=3"]) == 2
+    assert main(["enroll", "--model", str(aligned_model), "--index", str(tmp_path / "x"), "--images", str(manifest),
+                 "--policy", "min_score=high"]) == 2

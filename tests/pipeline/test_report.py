@@ -138,8 +138,8 @@ def test_aligned_faces_are_the_models_crops(run: dict, tmp_path: Path) -> None:
 def test_identify_report_flag_writes_the_page(run: dict, tmp_path: Path) -> None:
     run["probes"][["image_path"]].to_csv(tmp_path / "probes.csv", index=False)
     args = build_parser().parse_args(["identify", "--index", str(run["dir"] / "index"), "--probes",
-                                      str(tmp_path / "probes.csv"), "--out", str(tmp_path / "hits.parquet"), "-q"])
-    args.report = str(tmp_path / "review")  # `--report DIR` once the parser has it (pipeline/cli/__init__.py)
+                                      str(tmp_path / "probes.csv"), "--out", str(tmp_path / "hits.parquet"), "-q",
+                                      "--report", str(tmp_path / "review")])
     lines: list[str] = []
     assert store_cmds.cmd_identify(args, lines.append) == 0
     assert pq.read_table(tmp_path / "hits.parquet").num_rows > 0
