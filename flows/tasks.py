@@ -222,7 +222,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     return out + ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
 
 
-@task(cache_policy=NONE)
 def story(message: str, *args: Any) -> None:
     """One line of the run's domain story: to the flow-run log on the Prefect server (the run logger) inside a
     flow or task run, to this module's log outside one."""
@@ -233,6 +232,7 @@ def story(message: str, *args: Any) -> None:
     logger.info(message, *args)
 
 
+@task(cache_policy=NONE)
 def publish(title: str, counts: dict[str, Any], rejects: pd.DataFrame, key: str, notes: str = "") -> None:
     """A markdown summary (counts, notes, first rejects) and table artifacts (counts; rejects); the counts and the
     first reject also go to the run log."""
