@@ -24,7 +24,8 @@ $LFW/Bill_Clinton/Bill_Clinton_0002.jpg,Ariel_Sharon
 $LFW/Anthony_Hopkins/Anthony_Hopkins_0002.jpg,Anthony_Hopkins
 CSV
 printf "image_path\n$LFW/Ariel_Sharon/Ariel_Sharon_0003.jpg\n$LFW/Bill_Clinton/Bill_Clinton_0003.jpg\n$LFW/Allen_Iverson/Allen_Iverson_0001.jpg\n" > probes.csv
-run() { echo "\$ facepipe $*"; "$FP" "$@" 2>&1 | sed "s#$W/##g; s#$LFW/##g"; echo; }
+run() { echo "\$ facepipe $*"; "$FP" "$@" 2>&1 | grep -v "Targets are not supported\|WARNING pipeline.faces.loader" \
+          | sed "s#$W/##g; s#$LFW/##g"; echo; }
 show() { "$(dirname "$FP")/python" -c "import pandas as pd, sys; pd.set_option('display.width', 160); d = pd.read_parquet(sys.argv[1]); d['image_path'] = d['image_path'].str.split('/').str[-1]; print(d.drop(columns=[c for c in ('model_version', 'face_score', 'interocular_px', 'sharpness', 'yaw_deg') if c in d]).round(4).to_string(index=False))" "$1"; echo; }
 run enroll --model "$MODEL" --index gallery --images new_people.csv
 run enroll --index gallery --images new_people.csv --rejects again.parquet
