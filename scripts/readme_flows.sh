@@ -10,20 +10,8 @@ PY="$(pwd)/.venv/bin/python"
 LFW="$(cd "$DATA/lfw" && pwd)"
 W="$(mktemp -d)"
 cd "$(dirname "$0")/.."
-cat > "$W/new_people.csv" <<CSV
-image_path,identity
-$LFW/Ariel_Sharon/Ariel_Sharon_0001.jpg,Ariel_Sharon
-$LFW/Bill_Clinton/Bill_Clinton_0001.jpg,Bill_Clinton
-$LFW/Anthony_Hopkins/Anthony_Hopkins_0001.jpg,Anthony_Hopkins
-$W/broken.jpg,Someone_Else
-CSV
-echo "this is not a jpeg" > "$W/broken.jpg"
-cat > "$W/claims.csv" <<CSV
-image_path,claimed_identity
-$LFW/Ariel_Sharon/Ariel_Sharon_0002.jpg,Ariel_Sharon
-$LFW/Bill_Clinton/Bill_Clinton_0002.jpg,Ariel_Sharon
-$LFW/Anthony_Hopkins/Anthony_Hopkins_0002.jpg,Anthony_Hopkins
-CSV
+source scripts/readme_inputs.sh
+write_readme_inputs "$W" "$LFW"
 run() { echo "\$ python -m flows.$*" | sed "s#$W/##g; s#$REG#registry#g"; "$PY" -m "flows.$@" 2>&1 \
           | grep -v "Targets are not supported\|Stopping temporary server\|WARNING | pipeline.faces.loader" | sed "s#$W/##g; s#$LFW/##g; s#$REG#registry#g"; echo; }
 run enroll --registry "$REG" --images "$W/new_people.csv" --rejects "$W/rejects.parquet"

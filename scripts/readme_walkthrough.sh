@@ -8,21 +8,8 @@ FP="$(pwd)/.venv/bin/facepipe"
 LFW="$(cd "$DATA/lfw" && pwd)"
 W="$(mktemp -d)"
 cd "$W"
-# Held-out (dev-fold) people: enrol ONE image each; probe with their other images and someone never enrolled.
-cat > new_people.csv <<CSV
-image_path,identity
-$LFW/Ariel_Sharon/Ariel_Sharon_0001.jpg,Ariel_Sharon
-$LFW/Bill_Clinton/Bill_Clinton_0001.jpg,Bill_Clinton
-$LFW/Anthony_Hopkins/Anthony_Hopkins_0001.jpg,Anthony_Hopkins
-$W/broken.jpg,Someone_Else
-CSV
-echo "this is not a jpeg" > broken.jpg
-cat > claims.csv <<CSV
-image_path,claimed_identity
-$LFW/Ariel_Sharon/Ariel_Sharon_0002.jpg,Ariel_Sharon
-$LFW/Bill_Clinton/Bill_Clinton_0002.jpg,Ariel_Sharon
-$LFW/Anthony_Hopkins/Anthony_Hopkins_0002.jpg,Anthony_Hopkins
-CSV
+source "$(dirname "$FP")/../../scripts/readme_inputs.sh"
+write_readme_inputs "$W" "$LFW"
 printf "image_path\n$LFW/Ariel_Sharon/Ariel_Sharon_0003.jpg\n$LFW/Bill_Clinton/Bill_Clinton_0003.jpg\n$LFW/Allen_Iverson/Allen_Iverson_0001.jpg\n" > probes.csv
 run() { echo "\$ facepipe $*"; "$FP" "$@" 2>&1 | grep -v "Targets are not supported\|WARNING pipeline.faces.loader" \
           | sed "s#$W/##g; s#$LFW/##g"; echo; }
