@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -64,12 +63,7 @@ def build_people(root: Path, names: list[str], aligner: FaceAligner, seed: int, 
         if len(dets) != 1 or dets[0].score < 0.85 or not aligner.align_image(rgb, mode=Mode.ENROL).accepted:
             continue
         src = synth.SourceFace(imgs[0], rgb, dets[0].box, dets[0].landmarks.astype(np.float32))
-        width = float(math.exp(rng.uniform(math.log(90), math.log(300))))
-        h, w = int(rng.integers(480, 900)), int(rng.integers(560, 1100))
-        r = 0.62 * max(src.box[2], src.box[3]) * width / src.box[2]
-        centre = (float(rng.uniform(r, max(r + 1, w - r))), float(rng.uniform(r, max(r + 1, h - r))))
-        canvas = synth.background(rng, h, w)
-        synth.paste(canvas, src, centre, width, float(rng.uniform(-30, 30)))
+        canvas = synth.raw_photo(src, rng)
         raw = out / f"{person}_raw.jpg"
         Image.fromarray(canvas).save(raw, quality=92)
         rows.append((person, imgs[0], str(raw), imgs[1: 1 + QUERIES_PER_PERSON]))

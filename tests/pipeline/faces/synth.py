@@ -324,3 +324,16 @@ def match_detections(faces: Sequence[PastedFace], landmarks: Sequence[np.ndarray
         used_d.add(j)
         matches.append(Match(i, j, nme))
     return matches, [j for j in range(len(landmarks)) if j not in used_d]
+
+
+def raw_photo(src: SourceFace, rng: np.random.Generator) -> np.ndarray:
+    """A "raw photo" of ``src``'s face: pasted on clutter (480-900 x 560-1100 px) at a random place, face width
+    90-300 px (log-uniform), turned in plane by up to 30 degrees. The one-shot raw-photo tests and
+    bench/raw_photo_gap.py use it."""
+    width = float(math.exp(rng.uniform(math.log(90), math.log(300))))
+    h, w = int(rng.integers(480, 900)), int(rng.integers(560, 1100))
+    r = 0.62 * max(src.box[2], src.box[3]) * width / src.box[2]
+    centre = (float(rng.uniform(r, max(r + 1, w - r))), float(rng.uniform(r, max(r + 1, h - r))))
+    canvas = background(rng, h, w)
+    paste(canvas, src, centre, width, float(rng.uniform(-30, 30)))
+    return canvas

@@ -12,7 +12,6 @@ Their other LFW photos are the probes; one-shot rank-1 is compared.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -58,12 +57,7 @@ def people(lfw_root: Path, real_subset: Path, aligner: FaceAligner, tmp_path_fac
         if len(dets) != 1 or dets[0].score < 0.85 or not aligner.align_image(rgb, mode=Mode.ENROL).accepted:
             continue
         src = synth.SourceFace(imgs[0], rgb, dets[0].box, dets[0].landmarks.astype(np.float32))
-        width = float(math.exp(rng.uniform(math.log(90), math.log(300))))  # face width in the raw photo
-        h, w = int(rng.integers(480, 900)), int(rng.integers(560, 1100))
-        r = 0.62 * max(src.box[2], src.box[3]) * width / src.box[2]
-        centre = (float(rng.uniform(r, max(r + 1, w - r))), float(rng.uniform(r, max(r + 1, h - r))))
-        canvas = synth.background(rng, h, w)
-        synth.paste(canvas, src, centre, width, float(rng.uniform(-30, 30)))
+        canvas = synth.raw_photo(src, rng)
         raw = out / f"{person}_raw.jpg"
         Image.fromarray(canvas).save(raw, quality=92)
         rows.append((person, imgs[0], str(raw), imgs[1 : 1 + QUERIES_PER_PERSON]))
