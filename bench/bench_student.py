@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{args.runs} runs after a warm-up, load average {load_before[0]:.2f} before / {load_after[0]:.2f} "
                    f"after. Student: {model.meta['backbone']} at {result['input_px']} px ({model.model_version}); "
                    f"teacher: {teacher.name} (OpenCV DNN, int8 ONNX, batches of 16). Alignment is not timed (both need "
-                   f"it; see \"Enrolment path\").\n\n| embedder | images/s | vs teacher |\n|---|---|---|\n{table}\n")
+                   f"it; see \"Enrolment path\"). The model embeds {'with' if pre['flip_tta'] else 'without'} flip TTA (its "
+                   f"model.json): that row is what enrolment and queries run at.\n\n| embedder | images/s | vs teacher |\n|---|---|---|\n{table}\n")
         write_section(args.out, SECTION, section)
     return 0
 

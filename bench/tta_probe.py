@@ -1,5 +1,6 @@
 """Test-time augmentation probe: dev metrics of a saved model with flip TTA off/on and with several
-crop fractions averaged (the weights are fixed; only what is embedded changes).
+crop fractions averaged (the weights are fixed; only what is embedded changes). Faces are made as the model
+was trained (aligned when its model.json names an aligner; pass --crops 1.0 for the default aligned models).
 
     python bench/tta_probe.py --model runs/final --data ../shared/data/lfw --pairs ../shared/data/lfw_pairs_dev.txt
 """
@@ -20,7 +21,7 @@ from pipeline.data.manifest import read_images  # noqa: E402
 from pipeline.data.pairs import pair_people, parse_pairs  # noqa: E402
 from pipeline.evaluate.evalset import build_eval_set  # noqa: E402
 from pipeline.evaluate.protocol import evaluate_embeddings  # noqa: E402
-from pipeline.faces.loader import FacePreprocessing  # noqa: E402
+from pipeline.faces.loader import preprocessing_from_meta  # noqa: E402
 from pipeline.model.artifacts import load_model  # noqa: E402
 from pipeline.model.embed import embed_array  # noqa: E402
 
@@ -40,7 +41,9 @@ def main() -> None:
     table = read_images(args.data, require_identities=True, required=("image_path", "identity"))
     embs, es = {}, None
     for crop in [float(c) for c in args.crops.split(",")]:
-        es = build_eval_set("dev", table, frozenset(pair_people(sel)), sel, FacePreprocessing(crop, int(pre["image_size_px"])))
+        # the model's own preprocessing (its aligner, if any: aligned models get aligned faces) at this crop
+        es = build_eval_set("dev", table, frozenset(pair_people(sel)), sel,
+                            preprocessing_from_meta({**pre, "crop_fraction": crop}))
         for flip in (False, True):
             embs[(crop, flip)] = embed_array(model.encoder, es.images, flip_tta=flip)
     rows = []

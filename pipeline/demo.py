@@ -56,6 +56,69 @@ def _one_shot_split(identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.array(gallery, dtype=np.int64), np.array(known, dtype=np.int64), np.array(unknown, dtype=np.int64)
 
 
+@dataclass
+class OneShot:
+    """The demo protocol's one-shot results: ``summary`` numbers and the identify / verify tables."""
+
+    summary: dict[str, Any]
+    identify: pd.DataFrame
+    verify: pd.DataFrame
+
+
+def one_shot(model: Any, ev: Any, root: Path, store_dir: Path, model_path: Path, *, seed: int = 0) -> OneShot:
+    """The demo protocol on evaluated dev people (``ev``: `ModelEvaluation`): ONE image (the first) of each
+    person with >= 2 images is enrolled in a new gallery store at ``store_dir``; their other images are the known
+    probes (rank-1 / rank-5, open-set identification rate at the stored threshold, and 1:1 claims of their own
+    and of a random other identity); single-image people are unknown probes (false alarm rate)."""
+    dev, emb = ev.eval_set, ev.embeddings
+    gallery, known, unknown = _one_shot_split(dev.identities)
+    store = GalleryStore.create(store_dir, model_version=model.model_version, embedding_dim=emb.shape[1],
+                                threshold=model.threshold, model_path=str(model_path))
+    paths = dev.image_paths
+    shas = [file_digest(root / p) for p in paths[gallery]]
+    store.enroll(emb[gallery], dev.identities[gallery].tolist(), paths[gallery].tolist(), shas,
+                 model_version=model.model_version)
+
+    probes = np.concatenate([known, unknown])
+    t_q = time.monotonic()
+    ident = store.identify(emb[probes], model_version=model.model_version, top_k=5)
+    identify_s = time.monotonic() - t_q
+    ident["image_path"] = paths[probes][ident["query_index"].to_numpy()]
+    ident["true_identity"] = dev.identities[probes][ident["query_index"].to_numpy()]
+    top1 = ident[ident["rank"] == 1].set_index("query_index").sort_index()
+    is_known = np.arange(len(probes)) < len(known)
+    truth = dev.identities[probes]
+    rank1 = float((top1["identity"].to_numpy()[is_known] == truth[is_known]).mean())
+    in_top5 = ident.groupby("query_index").apply(lambda g: bool((g["identity"] == g["true_identity"]).any()),
+                                                 include_groups=False).sort_index().to_numpy()
+    dir_at_thr = float((top1["decision"].to_numpy()[is_known] == truth[is_known]).mean())
+    false_alarm = float((top1["decision"].to_numpy()[~is_known] != "unknown").mean()) if (~is_known).any() else float("nan")
+
+    # 1:1 claims: every known probe claims its own identity and one other enrolled identity
+    rng = np.random.default_rng(seed)
+    enrolled = dev.identities[gallery]
+    impostor_claims = [enrolled[(np.flatnonzero(enrolled == t)[0] + 1 + rng.integers(len(enrolled) - 1)) % len(enrolled)]
+                       for t in truth[is_known]]
+    claims = list(truth[is_known]) + impostor_claims
+    ver = store.verify(np.concatenate([emb[known], emb[known]]), claims, model_version=model.model_version)
+    ver["image_path"] = np.concatenate([paths[known], paths[known]])
+    genuine = np.arange(len(ver)) < len(known)
+    verify_acc = float((ver["match"].to_numpy() == genuine).mean())
+
+    summary = {
+        "enrolled_people": len(gallery),
+        "known_probes": len(known),
+        "unknown_probes": len(unknown),
+        "one_shot_rank1": rank1,
+        "one_shot_rank5": float(in_top5[is_known].mean()),
+        "open_set_dir": dir_at_thr,
+        "open_set_false_alarm": false_alarm,
+        "verify_accuracy": verify_acc,
+        "identify_queries_per_s": len(probes) / max(identify_s, 1e-9),
+    }
+    return OneShot(summary, ident, ver)
+
+
 def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None,
              with_teacher: Any = None) -> DemoResult:
     """Run the whole job; write ``out_dir/{model,gallery,report}``. Returns the headline numbers."""
@@ -85,42 +148,10 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None,
     if not data.split.dev:
         raise DataError("no dev people: the pairs file needs the configured data.dev_folds")
     ev = evaluate_model(model, data.table, data.split.dev, data.split.dev_pairs, name="dev", fars=cfg.eval.target_fars)
-    dev, emb, dev_metrics = ev.eval_set, ev.embeddings, ev.metrics
+    dev_metrics = ev.metrics
 
-    # one-shot gallery: ONE image per enrolled person
-    gallery, known, unknown = _one_shot_split(dev.identities)
-    store = GalleryStore.create(store_dir, model_version=model.model_version, embedding_dim=emb.shape[1],
-                                threshold=model.threshold, model_path=str((out_dir / "model").resolve()))
-    paths = dev.image_paths
-    shas = [file_digest(root / p) for p in paths[gallery]]
-    store.enroll(emb[gallery], dev.identities[gallery].tolist(), paths[gallery].tolist(), shas,
-                 model_version=model.model_version)
-
-    probes = np.concatenate([known, unknown])
-    t_q = time.monotonic()
-    ident = store.identify(emb[probes], model_version=model.model_version, top_k=5)
-    identify_s = time.monotonic() - t_q
-    ident["image_path"] = paths[probes][ident["query_index"].to_numpy()]
-    ident["true_identity"] = dev.identities[probes][ident["query_index"].to_numpy()]
-    top1 = ident[ident["rank"] == 1].set_index("query_index").sort_index()
-    is_known = np.arange(len(probes)) < len(known)
-    truth = dev.identities[probes]
-    rank1 = float((top1["identity"].to_numpy()[is_known] == truth[is_known]).mean())
-    in_top5 = ident.groupby("query_index").apply(lambda g: bool((g["identity"] == g["true_identity"]).any()),
-                                                 include_groups=False).sort_index().to_numpy()
-    dir_at_thr = float((top1["decision"].to_numpy()[is_known] == truth[is_known]).mean())
-    false_alarm = float((top1["decision"].to_numpy()[~is_known] != "unknown").mean()) if (~is_known).any() else float("nan")
-
-    # 1:1 claims: every known probe claims its own identity and one other enrolled identity
-    rng = np.random.default_rng(cfg.train.seed)
-    enrolled = dev.identities[gallery]
-    impostor_claims = [enrolled[(np.flatnonzero(enrolled == t)[0] + 1 + rng.integers(len(enrolled) - 1)) % len(enrolled)]
-                       for t in truth[is_known]]
-    claims = list(truth[is_known]) + impostor_claims
-    ver = store.verify(np.concatenate([emb[known], emb[known]]), claims, model_version=model.model_version)
-    ver["image_path"] = np.concatenate([paths[known], paths[known]])
-    genuine = np.arange(len(ver)) < len(known)
-    verify_acc = float((ver["match"].to_numpy() == genuine).mean())
+    shot = one_shot(model, ev, root, store_dir, (out_dir / "model").resolve(), seed=cfg.train.seed)
+    ident, ver = shot.identify, shot.verify
 
     write_parquet_atomic(ident, report / "identify.parquet")
     write_parquet_atomic(ver, report / "verify.parquet")
@@ -140,16 +171,8 @@ def run_demo(data_dir: Path, out_dir: Path, cfg: Config, *, on_step: Any = None,
         f"tar@far={far_key}": dev_metrics["all_pairs"]["tar_at_far"][far_key],
         "threshold": model.threshold,
         "achieved_far": dev_metrics["achieved_far"][f"far={far_key}"],
-        "enrolled_people": int(len(gallery)),
-        "known_probes": int(len(known)),
-        "unknown_probes": int(len(unknown)),
-        "one_shot_rank1": rank1,
-        "one_shot_rank5": float(in_top5[is_known].mean()),
-        "open_set_dir": dir_at_thr,
-        "open_set_false_alarm": false_alarm,
-        "verify_accuracy": verify_acc,
+        **shot.summary,
         "embed_images_per_s": dev_metrics["images_per_s"],
-        "identify_queries_per_s": len(probes) / max(identify_s, 1e-9),
         "prep_seconds": round(prep_s, 1),
     }
     metrics = {"summary": summary, "dev": dev_metrics, "val": model.meta["metrics"]["val"],

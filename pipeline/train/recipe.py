@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from pipeline.core.config import Config
@@ -61,8 +62,16 @@ def build_distillation(cfg: Config, student_dim: int, teacher: np.ndarray | None
             raise ConfigError(f"distill.teacher={cfg.distill.teacher!r} but the training data has no teacher "
                               "embeddings (prepare it with pipeline.train.teacher_targets.attach_teacher)")
         return None
-    return DistillationLoss(student_dim, int(teacher.shape[1]), cosine_weight=cfg.distill.cosine_weight,
-                            relation_weight=cfg.distill.relation_weight)
+    dc = cfg.distill
+    bank = None
+    if dc.bank_weight > 0:  # the teacher's embeddings of the training images (a seeded sample when there are many)
+        rows = np.arange(len(teacher))
+        if len(rows) > dc.bank_size:
+            rows = np.sort(np.random.default_rng(cfg.train.seed).choice(rows, dc.bank_size, replace=False))
+        bank = torch.from_numpy(np.ascontiguousarray(teacher[rows], dtype=np.float32))
+    return DistillationLoss(student_dim, int(teacher.shape[1]), cosine_weight=dc.cosine_weight,
+                            relation_weight=dc.relation_weight, bank=bank, bank_weight=dc.bank_weight,
+                            bank_temperature=dc.bank_temperature)
 
 
 def build_distillation_sampler(cfg: Config, data: Any, seed: int) -> DistillationSampler:

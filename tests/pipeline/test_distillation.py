@@ -58,8 +58,50 @@ def test_a_projection_bridges_different_dimensions_and_learns() -> None:
         value.backward()
         opt.step()
     assert value.item() < first / 4
-    with pytest.raises(ValueError, match="not both 0"):
+    with pytest.raises(ValueError, match="not all 0"):
         DistillationLoss(4, 4, cosine_weight=0.0, relation_weight=0.0)
+
+
+def test_bank_term_matches_a_hand_computation_and_is_not_saved() -> None:
+    rng = np.random.default_rng(3)
+    s, t = _unit(rng.normal(size=(4, 8))), _unit(rng.normal(size=(4, 8)))
+    bank = _unit(rng.normal(size=(50, 8)))
+    bank[:4] = t  # the batch's own teacher embeddings are in the bank, as in training
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    p_t, p_s = softmax(t @ bank.T / 0.1), softmax(s @ bank.T / 0.1)
+    kl = np.mean((p_t * (np.log(p_t) - np.log(p_s))).sum(axis=1))
+    loss = DistillationLoss(8, 8, cosine_weight=0.0, relation_weight=0.0, bank=torch.from_numpy(bank),
+                            bank_weight=1.5, bank_temperature=0.1)
+    assert loss(torch.from_numpy(s).float(), torch.from_numpy(t).float()).item() == pytest.approx(1.5 * kl, rel=1e-4)
+    assert kl > 0.1  # not trivially zero on these inputs
+    assert loss(torch.from_numpy(t).float(), torch.from_numpy(t).float()).item() == pytest.approx(0, abs=1e-5)
+    assert "bank" not in loss.state_dict()  # rebuilt from the teacher cache; checkpoints stay small
+    with pytest.raises(ValueError, match="needs a bank"):
+        DistillationLoss(8, 8, bank_weight=1.0)
+    with pytest.raises(ValueError, match="needs a bank"):
+        DistillationLoss(8, 4, bank=torch.from_numpy(bank), bank_weight=1.0)
+
+
+def test_bank_term_pulls_a_student_to_the_teachers_neighbours() -> None:
+    """Gradient descent on the bank term alone moves free student vectors onto their teacher embeddings."""
+    rng = np.random.default_rng(4)
+    bank = torch.from_numpy(_unit(rng.normal(size=(40, 8)))).float()
+    s = torch.nn.functional.normalize(torch.randn(10, 8), dim=1).requires_grad_(True)
+    loss = DistillationLoss(8, 8, cosine_weight=0.0, relation_weight=0.0, bank=bank, bank_weight=1.0,
+                            bank_temperature=0.1)
+    opt = torch.optim.SGD([s], lr=0.2)
+    before = (torch.nn.functional.normalize(s, dim=1) * bank[:10]).sum(dim=1).mean().item()
+    for _ in range(300):
+        opt.zero_grad()
+        value = loss(torch.nn.functional.normalize(s, dim=1), bank[:10])
+        value.backward()
+        opt.step()
+    after = (torch.nn.functional.normalize(s, dim=1) * bank[:10]).sum(dim=1).mean().item()
+    assert before < 0.5 and after > 0.95
 
 
 def test_sampler_puts_the_labelled_pk_part_first_and_draws_every_pool_image_once_an_epoch() -> None:
@@ -108,7 +150,7 @@ def _synthetic_data(n_people: int = 24, per: int = 3, px: int = 40) -> tuple[Tra
 
 def test_training_moves_the_student_towards_the_teacher(tmp_path: Path) -> None:
     data, _ = _synthetic_data()
-    cfg = load_config(None, [*DISTILL_RUN, "train.max_steps=60"])
+    cfg = load_config(None, [*DISTILL_RUN, "train.max_steps=60", "distill.bank_weight=0.5"])
 
     def agreement(model_dir: Path) -> float:
         emb = embed_array(load_model(model_dir).encoder, data.images[:, 4:36, 4:36], flip_tta=False)
@@ -119,6 +161,21 @@ def test_training_moves_the_student_towards_the_teacher(tmp_path: Path) -> None:
     assert agreement(long.model_dir) > agreement(short.model_dir) + 0.2
     meta = load_model(long.model_dir).meta
     assert meta["teacher"]["version"] == "t-test" and meta["training"]["distill"]["metric_weight"] == 0.5
+    assert meta["training"]["distill"]["bank_weight"] == 0.5
+
+
+def test_the_bank_holds_the_training_images_teacher_embeddings_and_is_capped() -> None:
+    teacher = _unit(np.random.default_rng(5).normal(size=(30, 8))).astype(np.float32)
+    full = build_distillation(load_config(None, ["distill.bank_weight=1"]), 8, teacher)
+    assert np.array_equal(full.bank.numpy(), teacher)
+    capped = build_distillation(load_config(None, ["distill.bank_weight=1", "distill.bank_size=12"]), 8, teacher)
+    rows = {tuple(r) for r in teacher.round(6)}
+    assert capped.bank.shape == (12, 8) and all(tuple(r) in rows for r in capped.bank.numpy().round(6))
+    off = build_distillation(load_config(None, ["distill.bank_weight=0"]), 8, teacher)
+    assert off.bank.shape == (0, 8) and off.bank_weight == 0  # switched off: no bank is kept
+    for bad in ("distill.bank_temperature=0", "distill.bank_size=0", "distill.bank_weight=-1"):
+        with pytest.raises(ConfigError, match="bank"):
+            load_config(None, [bad])
 
 
 def test_a_teacher_without_targets_is_a_clear_error(tmp_path: Path) -> None:
