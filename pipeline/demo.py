@@ -24,8 +24,8 @@ from pipeline.core.errors import DataError
 from pipeline.core.io import file_digest, write_parquet_atomic
 from pipeline.data.lfw import lfw_layout
 from pipeline.evaluate.plots import write_evaluation_plots
-from pipeline.evaluate.protocol import evaluate_model
-from pipeline.model.artifacts import load_model
+from pipeline.evaluate.protocol import ModelEvaluation, evaluate_model
+from pipeline.model.artifacts import LoadedModel, load_model
 from pipeline.train.loop import train
 from pipeline.train.prepare import prepare_training
 
@@ -65,8 +65,8 @@ class OneShot:
     verify: pd.DataFrame
 
 
-def one_shot(model: Any, ev: Any, root: Path, store_dir: Path, model_path: Path, *, seed: int = 0) -> OneShot:
-    """The demo protocol on evaluated dev people (``ev``: `ModelEvaluation`): ONE image (the first) of each
+def one_shot(model: LoadedModel, ev: ModelEvaluation, root: Path, store_dir: Path, model_path: Path, *, seed: int = 0) -> OneShot:
+    """The demo protocol on evaluated dev people (``ev``, from `evaluate_model`): ONE image (the first) of each
     person with >= 2 images is enrolled in a new gallery store at ``store_dir``; their other images are the known
     probes (rank-1 / rank-5, open-set identification rate at the stored threshold, and 1:1 claims of their own
     and of a random other identity); single-image people are unknown probes (false alarm rate)."""
