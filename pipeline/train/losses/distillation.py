@@ -64,6 +64,6 @@ class DistillationLoss(nn.Module):
         if self.bank_weight:
             log_p_t = F.log_softmax(teacher @ self.bank.T / self.bank_temperature, dim=1)
             log_p_s = F.log_softmax(projected @ self.bank.T / self.bank_temperature, dim=1)
-            kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-            loss = loss + self.bank_weight * kl.mean()
+            kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)  # mean_i KL(p_t,i || p_s,i)
+            loss = loss + self.bank_weight * kl
         return loss
