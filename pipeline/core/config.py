@@ -128,8 +128,8 @@ class EvalConfig:
 
     target_fars: tuple[float, ...] = (1e-3, 1e-2)
     default_far: float = 1e-3  # threshold used by verify/identify unless the user names one
-    # embed the image and its mirror and average: +0.005 AUC, +0.02 TAR@1e-3 on the dev folds at half the speed,
-    # which would put the student below 5x the teacher's images/s (docs/training.md, docs/benchmarks.md)
+    # embed the image and its mirror and average: AUC +0.001-0.005, TAR@1e-3 +0.011-0.018 on the dev folds at half
+    # the speed, which puts the student below 5x the teacher's images/s (docs/training.md, docs/benchmarks.md)
     flip_tta: bool = False
 
 
