@@ -6,6 +6,7 @@ identification at the model's threshold, 1:1 claims), single-image people are un
 Exactly `facepipe demo`'s numbers (`pipeline.demo.one_shot`), for any saved model.
 
     .venv/bin/python bench/one_shot.py --model runs/d60bank [--model runs/other ...] [--data ../shared/data]
+        [--flip-tta model|on|off]
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.lfw import lfw_layout
-from pipeline.data.manifest import read_images
-from pipeline.data.pairs import pair_people, parse_pairs
+from devdata import lfw_data
+
+from pipeline.data.pairs import pair_people
 from pipeline.demo import one_shot
 from pipeline.evaluate.protocol import evaluate_model
 from pipeline.model.artifacts import load_model
@@ -31,14 +32,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="a saved model directory (repeatable)")
     p.add_argument("--data", default=os.environ.get("FACEPIPE_DATA", "../shared/data"))
+    p.add_argument("--flip-tta", choices=("model", "on", "off"), default="model",
+                   help="embed with the mirror averaged in (on), without (off), or as the model was saved (model)")
     args = p.parse_args()
-    root, pairs_file = lfw_layout(Path(args.data))
-    if pairs_file is None:
-        sys.exit(f"{args.data}: no pairs file beside lfw/")
-    table = read_images(root, require_identities=True, required=("image_path", "identity"))
-    pairs = parse_pairs(pairs_file)
+    root, table, pairs = lfw_data(args.data)
     for model_dir in args.model:
         model = load_model(model_dir)
+        if args.flip_tta != "model":  # the same weights embedded the other way (what the mirror is worth)
+            model.meta["preprocessing"]["flip_tta"] = args.flip_tta == "on"
         sel = pairs[pairs["fold"].isin(model.meta["config"]["data"]["dev_folds"])]
         ev = evaluate_model(model, table, frozenset(pair_people(sel)), sel, name="dev")
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Test-time augmentation probe: dev metrics of a saved model with flip TTA off/on and with several
 crop fractions averaged (the weights are fixed; only what is embedded changes). Faces are made as the model
-was trained (aligned when its model.json names an aligner; pass --crops 1.0 for the default aligned models).
+was trained (aligned when its model.json names an aligner). Without --crops, the model's own crop fraction alone.
 
     python bench/tta_probe.py --model runs/final --data ../shared/data/lfw --pairs ../shared/data/lfw_pairs_dev.txt
 """
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="../shared/data/lfw")
     p.add_argument("--pairs", default="../shared/data/lfw_pairs_dev.txt")
-    p.add_argument("--crops", default="0.44,0.52,0.60")
+    p.add_argument("--crops", default="", help="crop fractions to average, e.g. 0.44,0.52,0.60 (default: the model's)")
     args = p.parse_args()
     model = load_model(args.model)
     pre = model.meta["preprocessing"]
@@ -40,7 +40,8 @@ def main() -> None:
     sel = pairs[pairs["fold"].isin(folds)]
     table = read_images(args.data, require_identities=True, required=("image_path", "identity"))
     embs, es = {}, None
-    for crop in [float(c) for c in args.crops.split(",")]:
+    own = float(pre["crop_fraction"])
+    for crop in [float(c) for c in args.crops.split(",")] if args.crops else [own]:
         # the model's own preprocessing (its aligner, if any: aligned models get aligned faces) at this crop
         es = build_eval_set("dev", table, frozenset(pair_people(sel)), sel,
                             preprocessing_from_meta({**pre, "crop_fraction": crop}))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -186,7 +187,10 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     params = list(model.parameters()) + list(losses.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sampler = build_sampler(cfg, data.labels, seed) if distill is None else build_distillation_sampler(cfg, data, seed)
-    teacher = None if data.teacher is None else torch.from_numpy(data.teacher).to(device)
+    teacher = None  # the target rows: the clean images' teacher embeddings, then the teacher views' (batches.Batch)
+    if data.teacher is not None:
+        rows = data.teacher if data.views is None else np.concatenate([data.teacher, data.views.teacher])
+        teacher = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
     steps_per_epoch = max(1, len(sampler))
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
@@ -234,7 +238,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     try:
         for epoch in itertools.count(step):  # a resumed run draws new epochs, not the ones it already saw
             for batch in epoch_batches(sampler, data.images, data.labels, cfg, seed, epoch, device,
-                                       metric_only=distill is None):
+                                       metric_only=distill is None, views=data.views):
                 if total_steps == 0 and step - start_step == WARM_STEPS:
                     timing_start = time.monotonic()
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
@@ -253,7 +257,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                 if distill is None:
                     loss = loss_fn(emb, labels)
                 else:  # teacher targets for every image; the metric loss on the labelled P x K part only
-                    loss = distill(emb, teacher[batch.indices.to(device)])
+                    targets = batch.indices if batch.targets is None else batch.targets
+                    loss = distill(emb, teacher[targets.to(device)])
                     if batch.n_metric and cfg.distill.metric_weight > 0:
                         loss = loss + cfg.distill.metric_weight * loss_fn(emb[: batch.n_metric], labels)
                 opt.zero_grad(set_to_none=True)

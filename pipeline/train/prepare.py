@@ -41,6 +41,7 @@ class TrainingData:
     teacher_info: dict[str, Any] | None = None
     rows: pd.DataFrame | None = None  # the training images' table rows (image_path, abs_path, identity), row-aligned
     face: dict[str, Any] | None = None  # the alignment the faces were made with (model.json "face"); None: central crop
+    views: Any = None  # `pipeline.train.teacher_views.TeacherViews` when distill.views > 0
 
 
 def val_from_train(table: pd.DataFrame, split: Split, fraction: float, seed: int) -> Split:

@@ -32,6 +32,13 @@ from pipeline.faces.loader import (
 )
 from pipeline.model.teachers import TeacherCache, create_teacher
 from pipeline.train.prepare import AUGMENT_MARGIN, TrainingData
+from pipeline.train.teacher_views import (
+    VIEWS_VERSION,
+    TeacherViews,
+    draw_spec,
+    render_view,
+    view_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +112,35 @@ def attach_teacher(data: TrainingData, cfg: Config, *,
     info = {"name": teacher.name, "version": teacher.version, "files": dict(teacher.files), "licence": teacher.licence,
             "aligner": aligner.version, "images": len(shas), "unlabelled_images": int((data.labels < 0).sum())}
     log.info("teacher %s: %d embeddings (%d-d)", teacher.version, len(emb), emb.shape[1])
-    return replace(data, teacher=np.ascontiguousarray(emb, dtype=np.float32), teacher_info=info)
+    views = None
+    if cfg.distill.views > 0:
+        if not teacher.needs_crops:
+            log.warning("distill.views=%d: a precomputed teacher cannot embed new views; training without them",
+                        cfg.distill.views)
+        else:
+            views = _teacher_views(cfg, teacher, aligner.version, shas, crops, root, progress)
+            info["views"] = {"per_image": views.per_image, "version": VIEWS_VERSION, "seed": cfg.train.seed}
+    return replace(data, teacher=np.ascontiguousarray(emb, dtype=np.float32), teacher_info=info, views=views)
+
+
+def _teacher_views(cfg: Config, teacher: Any, aligner_version: str, shas: list[str], crops: dict[str, np.ndarray],
+                   root: Any, progress: Callable[[int, int], None] | None) -> TeacherViews:
+    """``distill.views`` views of every pool image (`pipeline.train.teacher_views`) and the teacher's embeddings
+    of them, from the teacher cache; missing ones are rendered and embedded in parallel."""
+    k, seed = cfg.distill.views, cfg.train.seed
+    faces = np.stack([crops[s] for s in shas])
+    specs = [draw_spec(shas, i, v, seed) for i in range(len(shas)) for v in range(k)]
+    keys = [view_key(shas, sp, seed) for sp in specs]
+    by_key = dict(zip(keys, specs))
+
+    def provider(batch: list[str]) -> np.ndarray:
+        return np.stack([render_view(faces, by_key[key]) for key in batch])
+
+    log.info("teacher views: %d per image, %d in all", k, len(specs))
+    cache = TeacherCache(root / "teachers")
+    # a view is made of up to three photos: erasing any of them (lifecycle.erasure) erases its cached embedding
+    cache.record_sources({key: [shas[j] for j in (sp.image, sp.partner, sp.donor) if j >= 0]
+                          for key, sp in by_key.items()})
+    emb = cache.get_or_compute(teacher, aligner_version, keys, provider, workers=cfg.distill.workers,
+                               progress=progress)
+    return TeacherViews(faces, specs, np.ascontiguousarray(emb, dtype=np.float32), k)

@@ -12,7 +12,9 @@ merged into the file every ``flush_every`` rows and at the end (also when a work
 written atomically (temp file + fsync + ``os.replace`` via :func:`pipeline.core.io.write_parquet_atomic`).
 
 ``erase(sha256s)`` removes rows from every file of the cache (data-protection erasure). It rewrites the files;
-it does not scrub freed disk blocks.
+it does not scrub freed disk blocks. Rows keyed by something derived from images (a teacher view blends and
+swaps several photos, `pipeline.train.teacher_views`) are registered with ``record_sources`` in
+``derived-sources.parquet`` (columns ``key``, ``source``), and erasing any of their source images erases them too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ CACHE_FORMAT = 1
 META_KEY = b"facepipe.teacher_cache"
 FILE_GLOB = "teacher-*.parquet"
 LOCK_NAME = ".teacher-cache.lock"
+SOURCES_NAME = "derived-sources.parquet"  # derived row key -> the image sha256s it was made of
 
 #: ``crops_provider(sha256s) -> uint8 (len(sha256s), 112, 112, 3)`` RGB aligned crops, in the same order.
 CropsProvider = Callable[[list[str]], np.ndarray]
@@ -164,14 +167,50 @@ class TeacherCache:
                                   meta.get("aligner_version", ""), int(meta.get("embedding_dim", 0)), len(shas)))
         return out
 
+    # ----------------------------------------------------------------- derived rows
+    def _read_sources(self) -> tuple[list[str], list[str]]:
+        path = self.dir / SOURCES_NAME
+        if not path.is_file():
+            return [], []
+        try:
+            t = pq.read_table(path)
+            return t.column("key").to_pylist(), t.column("source").to_pylist()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
+            raise DataError(f"teacher cache {path}: unreadable ({exc}); delete it and the teacher-*.parquet files "
+                            "beside it (they are recomputed)") from None
+
+    def _write_sources(self, keys: list[str], sources: list[str]) -> None:
+        write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()), "source": pa.array(sources, pa.string())}),
+                             self.dir / SOURCES_NAME)
+
+    def record_sources(self, sources: dict[str, Sequence[str]]) -> int:
+        """Register rows keyed by something other than an image sha256: ``sources[key]`` = the sha256s of the
+        images the row was made of. Erasing any of them (``erase``) then erases the row. Returns the new links."""
+        check_sha256s(list(sources))
+        new = [(k, s) for k, srcs in sources.items() for s in check_sha256s(list(srcs))]
+        with self._locked():
+            keys, srcs = self._read_sources()
+            have = set(zip(keys, srcs))
+            new = [ks for ks in dict.fromkeys(new) if ks not in have]
+            if new:
+                self._write_sources(keys + [k for k, _ in new], srcs + [s for _, s in new])
+        return len(new)
+
     # ----------------------------------------------------------------- erase
     def erase(self, sha256s: Sequence[str]) -> int:
-        """Remove the rows of these images from every file of the cache; returns the number of rows removed."""
+        """Remove the rows of these images from every file of the cache, and the rows derived from them
+        (``record_sources``); returns the number of rows removed."""
         targets = set(check_sha256s(sha256s))
         removed = 0
         if not targets:
             return 0
         with self._locked():
+            keys, srcs = self._read_sources()
+            derived = {k for k, s in zip(keys, srcs) if s in targets}
+            if derived:
+                left = [(k, s) for k, s in zip(keys, srcs) if k not in derived]
+                self._write_sources([k for k, _ in left], [s for _, s in left])
+                targets |= derived
             for p in sorted(self.dir.glob(FILE_GLOB)):
                 meta, shas, emb = self._read(p)
                 keep = [i for i, s in enumerate(shas) if s not in targets]

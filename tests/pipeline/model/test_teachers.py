@@ -252,6 +252,24 @@ def test_cache_computes_once_and_reuses(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_erasing_an_image_erases_the_rows_derived_from_it(tmp_path):
+    cache = TeacherCache(tmp_path / "cache")
+    t = CountingTeacher()
+    images = [_sha(i) for i in range(4)]
+    views = [_sha(f"view{i}") for i in range(3)]  # view 0 is made of images 0 + 1, view 1 of 1 + 2, view 2 of 3
+    cache.get_or_compute(t, "a1", images + views, Provider(tmp_path / "p.txt"), workers=1)
+    sources = {views[0]: [images[0], images[1]], views[1]: [images[1], images[2]], views[2]: [images[3]]}
+    assert cache.record_sources(sources) == 5
+    assert cache.record_sources(sources) == 0  # recorded once
+    with pytest.raises(DataError, match="not a 64-hex"):
+        cache.record_sources({"view": [images[0]]})
+    assert cache.erase([images[1]]) == 3  # the image and both views it is part of
+    left, _ = cache.load(t, "a1")
+    assert sorted(left) == sorted([images[0], images[2], images[3], views[2]])
+    assert cache.erase([images[0]]) == 1  # its view went with image 1: nothing derived is left to erase
+    assert cache.erase([images[3]]) == 2
+
+
 def test_cache_is_keyed_by_teacher_and_aligner_versions(tmp_path):
     cache = TeacherCache(tmp_path / "cache")
     shas = [_sha(i) for i in range(4)]
