@@ -56,6 +56,12 @@ class ModelConfig:
     channels_last: bool = True  # NHWC: +10-50 % training throughput on this CPU for every backbone measured
     head: str = "gap"  # gap: pooled features | flatten: the spatial feature map (ArcFace's "E" layer)
     head_dropout: float = 0.0  # flatten head: dropout before its Linear layer
+    # "sface": start from the SFace teacher's own weights (needs backbone mobilenetv1_100, head flatten,
+    # embedding_dim 128: SFace's architecture; pipeline/model/inherit.py). "" = timm's initialisation.
+    inherit: str = ""
+    stem_stride: int = 1  # with inherit: 2 halves every feature map after the stem (~4x fewer multiply-adds)
+    drop_blocks: tuple[int, ...] = ()  # with inherit: which of SFace's 512-wide blocks (6..10) to leave out
+    freeze_blocks: int = 0  # with inherit: the last N blocks keep the teacher's weights (not trained)
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,22 @@ def validate(cfg: Config) -> None:
         (all(v > 0 for v in cfg.train.member_shares), "train.member_shares must all be > 0"),
         (not cfg.model.pretrained_file or len({n for n, _ in members}) == 1,
          "model.pretrained_file is one backbone's weights: the ensemble's members must all be that backbone"),
+    ]
+    mc = cfg.model
+    checks += [
+        (mc.inherit in ("", "sface"), f"model.inherit={mc.inherit!r} is not one of ['', 'sface']"),
+        (not mc.inherit or (mc.backbone, mc.head, mc.embedding_dim) == ("mobilenetv1_100", "flatten", 128),
+         f"model.inherit='sface' needs SFace's architecture: model.backbone='mobilenetv1_100', model.head='flatten', "
+         f"model.embedding_dim=128 (got {mc.backbone!r}, {mc.head!r}, {mc.embedding_dim})"),
+        (mc.stem_stride in (1, 2), f"model.stem_stride={mc.stem_stride} must be 1 or 2"),
+        (len(set(mc.drop_blocks)) == len(mc.drop_blocks) and all(b in (6, 7, 8, 9, 10) for b in mc.drop_blocks),
+         f"model.drop_blocks={list(mc.drop_blocks)} must be distinct values of [6, 7, 8, 9, 10] (SFace's 512-wide "
+         "blocks conv_8..conv_12)"),
+        (mc.inherit or (mc.stem_stride == 1 and not mc.drop_blocks and not mc.freeze_blocks),
+         "model.stem_stride, model.drop_blocks and model.freeze_blocks act on SFace's architecture: they need "
+         "model.inherit='sface'"),
+        (0 <= mc.freeze_blocks <= 13 - len(mc.drop_blocks),
+         f"model.freeze_blocks={mc.freeze_blocks} must be in [0, {13 - len(mc.drop_blocks)}] (the student's blocks)"),
     ]
     dc = cfg.distill
     checks += [

@@ -62,9 +62,13 @@ class LoadedModel:
 
 
 
-def compute_model_version(weights_sha256: str, backbone: str, embedding_dim: int, preprocessing: dict[str, Any]) -> str:
-    """Content hash naming the embedding space: ``m-`` + 16 hex digits."""
-    ident = json.dumps({"w": weights_sha256, "b": backbone, "d": embedding_dim, "p": preprocessing}, sort_keys=True)
+def compute_model_version(weights_sha256: str, backbone: str, embedding_dim: int, preprocessing: dict[str, Any],
+                          arch: dict[str, Any] | None = None) -> str:
+    """Content hash naming the embedding space: ``m-`` + 16 hex digits (``arch``, when set, is part of it)."""
+    fields: dict[str, Any] = {"w": weights_sha256, "b": backbone, "d": embedding_dim, "p": preprocessing}
+    if arch:
+        fields["a"] = arch
+    ident = json.dumps(fields, sort_keys=True)
     return "m-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -82,7 +86,8 @@ def preprocessing_dict(crop_fraction: float, image_size_px: int, flip_tta: bool,
 
 def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: str, head: str = "gap",
                preprocessing: dict[str, Any], thresholds: dict[str, float], default_far: float,
-               metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
+               metrics: dict[str, Any], config: dict[str, Any], training: dict[str, Any] | None = None,
+               arch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write weights (safetensors) then model.json (the commit point). Returns the metadata written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,10 +101,12 @@ def save_model(encoder: Encoder, out_dir: str | os.PathLike[str], *, backbone: s
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_version": compute_model_version(weights_sha, backbone, encoder.embedding_dim, preprocessing),
+        "model_version": compute_model_version(weights_sha, backbone, encoder.embedding_dim, preprocessing, arch),
         "weights_sha256": weights_sha,
         "backbone": backbone,
         "head": head,
+        # an SFace-shaped student's changes to the timm backbone (pipeline/model/inherit.py), or None
+        "arch": arch or None,
         "embedding_dim": encoder.embedding_dim,
         "preprocessing": preprocessing,
         "thresholds": thresholds,
@@ -140,7 +147,8 @@ def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if meta["format"] != FORMAT or meta["format_version"] != FORMAT_VERSION:
         raise ModelArtifactError(f"{meta_path}: format {meta['format']!r} v{meta['format_version']} is not "
                                  f"{FORMAT!r} v{FORMAT_VERSION}")
-    expected = compute_model_version(meta["weights_sha256"], meta["backbone"], meta["embedding_dim"], meta["preprocessing"])
+    expected = compute_model_version(meta["weights_sha256"], meta["backbone"], meta["embedding_dim"], meta["preprocessing"],
+                                     meta.get("arch"))
     if meta["model_version"] != expected:
         raise ModelArtifactError(f"{meta_path}: model_version {meta['model_version']} does not match its contents "
                                  f"(expected {expected}); the file was edited")
@@ -162,7 +170,8 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Loa
     head = str(meta.get("head", "gap"))  # models written before the flatten head have none: gap
     try:
         member_dim = int(meta["embedding_dim"]) // len(parse_backbone(meta["backbone"]))
-        encoder = build_model(meta["backbone"], member_dim, head=head, input_px=int(meta["preprocessing"]["image_size_px"]))
+        encoder = build_model(meta["backbone"], member_dim, head=head, input_px=int(meta["preprocessing"]["image_size_px"]),
+                              arch=meta.get("arch"))
     except ConfigError as exc:
         raise ModelArtifactError(f"{d / META}: {exc}") from exc
     try:

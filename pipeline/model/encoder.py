@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from pipeline.core.config import backbone_spec, parse_backbone  # noqa: F401  (re-exported)
 from pipeline.core.errors import ConfigError, ModelArtifactError
+from pipeline.model.inherit import shape_head, shape_student
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +121,16 @@ Encoder = SiameseEncoder | EnsembleEncoder  # what a model artefact holds
 
 
 def build_model(backbone: str, embedding_dim: int, *, pretrained: bool = False, pretrained_file: str | None = None,
-                head: str = "gap", input_px: int | None = None, dropout: float = 0.0) -> SiameseEncoder | EnsembleEncoder:
+                head: str = "gap", input_px: int | None = None, dropout: float = 0.0,
+                arch: dict[str, Any] | None = None) -> SiameseEncoder | EnsembleEncoder:
     """The encoder a ``model.backbone`` spec names: one :class:`SiameseEncoder`, or an
     :class:`EnsembleEncoder` of one per ``+``-joined member (each ``embedding_dim`` wide)."""
     specs = parse_backbone(backbone)
     if len(specs) == 1 and specs[0][1] == 1.0:
         return build_encoder(specs[0][0], embedding_dim, pretrained=pretrained, pretrained_file=pretrained_file,
-                             head=head, input_px=input_px, dropout=dropout)
+                             head=head, input_px=input_px, dropout=dropout, arch=arch)
+    if arch:
+        raise ConfigError("an SFace-shaped student (model.inherit) is one network, not an ensemble")
     return EnsembleEncoder([build_encoder(name, embedding_dim, pretrained=pretrained, pretrained_file=pretrained_file,
                                           head=head, input_px=input_px, dropout=dropout, view=view)
                             for name, view in specs])
@@ -133,7 +138,7 @@ def build_model(backbone: str, embedding_dim: int, *, pretrained: bool = False, 
 
 def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False,
                   pretrained_file: str | None = None, head: str = "gap", input_px: int | None = None,
-                  dropout: float = 0.0, view: float = 1.0) -> SiameseEncoder:
+                  dropout: float = 0.0, view: float = 1.0, arch: dict[str, Any] | None = None) -> SiameseEncoder:
     """Create the encoder from any timm model name.
 
     Args:
@@ -145,6 +150,8 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         head: ``gap`` (pooled features) or ``flatten`` (spatial feature map; needs ``input_px``).
         input_px: the square input size the ``flatten`` head is built for.
         dropout: dropout before the ``flatten`` head's Linear layer.
+        arch: ``{"shape": "sface", "stem_stride": s, "drop_blocks": [...]}`` reshapes a ``mobilenetv1_100`` as the
+            SFace teacher (`pipeline.model.inherit.shape_student`); model.json keeps it as ``arch``.
     Raises:
         ConfigError: unknown backbone (the message lists close matches).
         ModelArtifactError: the weights file is missing or does not fit the backbone.
@@ -172,6 +179,11 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         net = timm.create_model(backbone, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:  # shape / key mismatch in the weights file
         raise ModelArtifactError(f"weights do not fit backbone {backbone!r}: {exc}") from exc
+    if arch:
+        if arch.get("shape") != "sface":
+            raise ConfigError(f"unknown architecture shape {arch.get('shape')!r}; known: ['sface']")
+        shape_student(net, stem_stride=int(arch.get("stem_stride", 1)),
+                      drop_blocks=tuple(int(b) for b in arch.get("drop_blocks", ())))
     # with num_classes=0 some models (MobileNetV3, GhostNet, LCNet) end in a conv head wider than
     # ``num_features``: timm names the pooled width ``head_hidden_size`` there
     num_features = int(getattr(net, "head_hidden_size", None) or getattr(net, "num_features"))
@@ -184,5 +196,8 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         net.train(was_training)
     log.debug("backbone %s: %d features, head %s %s, pretrained=%s", backbone, num_features, head, feature_shape,
               pretrained)
-    return SiameseEncoder(net, num_features, embedding_dim, head=head, feature_shape=feature_shape, dropout=dropout,
-                          view=view)
+    encoder = SiameseEncoder(net, num_features, embedding_dim, head=head, feature_shape=feature_shape, dropout=dropout,
+                             view=view)
+    if arch:
+        shape_head(encoder)
+    return encoder

@@ -26,6 +26,7 @@ from pipeline.data.splits import identity_hashes
 from pipeline.evaluate.calibration import achieved_far, calibrate_thresholds
 from pipeline.evaluate.protocol import evaluate_encoder
 from pipeline.model.artifacts import preprocessing_dict, save_model
+from pipeline.model.inherit import freeze_tail, inherit_sface, inherited_from, model_arch
 from pipeline.model.encoder import (
     EnsembleEncoder,
     SiameseEncoder,
@@ -144,6 +145,8 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         "train_identity_hashes": identity_hashes(data.class_names),
         "val_identity_hashes": identity_hashes(sorted(data.split.val)),
         "device": str(resolve_device(cfg.train.device)), "torch_threads": torch.get_num_threads()}
+    if cfg.model.inherit:
+        training["inherited_from"] = inherited_from(cfg.model.inherit)
     if data.teacher_info is not None:
         training["teacher"] = data.teacher_info
         training["distill"] = to_dict(cfg)["distill"]
@@ -155,7 +158,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         preprocessing=preprocessing_dict(cfg.data.crop_fraction, cfg.data.image_size_px, cfg.eval.flip_tta,
                                          face=data.face),
         thresholds=thresholds, default_far=cfg.eval.default_far, metrics={"val": val_metrics}, config=to_dict(cfg),
-        training=training,
+        training=training, arch=model_arch(cfg),
     )
     best = float(val_metrics.get("pairs", val_metrics.get("all_pairs", {})).get("auc", 0.0))
     return TrainResult(out, meta, steps, epochs, seconds, best if not single else members[0].best_auc)
@@ -174,7 +177,12 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
 
     model = build_encoder(backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
-                          input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view)
+                          input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view,
+                          arch=model_arch(cfg))
+    if cfg.model.inherit and not (resume and ckpt.has_checkpoint(ckpt_dir)):
+        inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks))
+    if cfg.model.freeze_blocks:
+        log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
     loss_fn = build_loss(cfg, len(data.class_names))
     distill = build_distillation(cfg, model.embedding_dim, data.teacher)  # None without a teacher
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
@@ -184,7 +192,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     # what the checkpoint stores besides the model: loss parameters (+ distillation projection, weight average)
     losses = (loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})).to(device)
     extra: nn.Module = losses if ema is None else nn.ModuleDict({"loss": losses, "ema": ema})
-    params = list(model.parameters()) + list(losses.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + list(losses.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sampler = build_sampler(cfg, data.labels, seed) if distill is None else build_distillation_sampler(cfg, data, seed)
     teacher = None  # the target rows: the clean images' teacher embeddings, then the teacher views' (batches.Batch)

