@@ -41,7 +41,6 @@ _N_BLOCKS = 13
 DROPPABLE = (6, 7, 8, 9, 10)
 #: SFace's input scaling: (x - 127.5) * 0.0078125 on 0..255 RGB; ours is (x / 255 - 0.5) / 0.5
 _SFACE_SCALE = 0.0078125
-INHERIT_CHOICES = ("", "sface")
 _BLOCK_EPS = 1e-3  # SFace's BatchNorm epsilon in the blocks; 2e-5 in its output layer
 _HEAD_EPS = 2e-5
 
@@ -85,8 +84,11 @@ def sface_arrays(path: str | Path | None = None) -> dict[str, np.ndarray]:
         if block:
             s = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
             z = np.repeat(zero, block, axis=axis).take(range(q.shape[axis]), axis=axis).astype(np.float32)
-        else:
-            s, z = scale, zero.astype(np.float32)
+        else:  # per tensor, or per channel along ``axis``
+            bshape = [1] * q.ndim
+            if scale.ndim == 1 and scale.size > 1:
+                bshape[axis] = -1
+            s, z = scale.reshape(bshape), zero.astype(np.float32).reshape(bshape)
         name = node.output[0].removesuffix("_dequantized")
         out[name] = ((qf - z) * s).astype(np.float32)
     for name, arr in inits.items():
@@ -120,15 +122,6 @@ def _prelu(bn_act: nn.Module, w: dict[str, np.ndarray], name: str) -> None:
 def _conv(conv: nn.Conv2d, arr: np.ndarray, scale: float = 1.0) -> None:
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(arr)).reshape(conv.weight.shape) * scale)
-
-
-def check_inheritable(backbone: str, head: str) -> None:
-    """Raise ConfigError unless the student can take SFace's weights."""
-    if backbone != "mobilenetv1_100":
-        raise ConfigError(f"model.inherit='sface' needs model.backbone='mobilenetv1_100' (SFace's architecture), "
-                          f"got {backbone!r}")
-    if head != "flatten":
-        raise ConfigError(f"model.inherit='sface' needs model.head='flatten' (SFace's output layer), got {head!r}")
 
 
 def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[int, ...] = ()) -> nn.Module:
