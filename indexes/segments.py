@@ -385,7 +385,8 @@ def load_segment(store_dir: Path, entry: SegmentEntry, dim: int, *, mapped: bool
     data = meta_path.read_bytes()  # read once: hashed, then parsed from memory
     check_digest(meta_path, hashlib.sha256(data).hexdigest(), entry.metadata.sha256)
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # one thread: metadata files are small, and Arrow's pool can abort the process at exit (apache/arrow#34314)
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise StoreCorrupt(f"{meta_path}: unreadable Parquet ({exc}); restore the store from a backup") from exc
     if not table.schema.equals(METADATA_SCHEMA, check_metadata=False):

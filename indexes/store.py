@@ -219,7 +219,7 @@ class GalleryStore(QueryMethods):
         """
         with self._reading() as snap:
             table = snap.metadata_table()
-        return table.to_pandas()
+        return table.to_pandas(use_threads=False)  # see segments.load_segment: no Arrow pool threads
 
     def get_embeddings(self, row_ids: np.ndarray | Sequence[int]) -> np.ndarray:
         """Stored embeddings of row ids [n] (integers) -> [n, D] float32."""
