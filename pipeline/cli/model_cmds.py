@@ -125,9 +125,9 @@ def cmd_embed(args: argparse.Namespace, out) -> int:
     return 0
 
 
-# The demo trains for minutes, not an hour: the small backbone learns fastest in that time (docs/training.md);
-# `train` uses the default recipe. A --config file or --set model.backbone=... replaces this.
-DEMO_RECIPE = ["model.backbone=test_resnet"]
+# The demo trains the default recipe (the student that starts from the teacher's weights) for minutes, not an
+# hour. A --config file or --set ... changes it like `train`'s.
+DEMO_RECIPE: list[str] = []
 
 
 def cmd_demo(args: argparse.Namespace, out) -> int:

@@ -19,6 +19,7 @@ from pipeline.faces.loader import load_table, preprocessing_from_meta
 from pipeline.faces.policy import FacePolicy, Mode
 from pipeline.model.artifacts import LoadedModel
 from pipeline.model.encoder import Encoder
+from pipeline.model.fold import inference_copy
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +32,41 @@ def to_input(images: np.ndarray, mean: tuple[float, ...] = (0.5,) * 3, std: tupl
     return (x - m) / s
 
 
+CPU_BATCH = 32  # faces per forward pass on CPU: measured faster than 64 or 256 on 2 cores (cache-sized activations)
+ACCEL_BATCH = 256
+
+
 @torch.inference_mode()
-def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int = 256, flip_tta: bool = True,
+def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int | None = None, flip_tta: bool = True,
                 mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.5,) * 3,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Embed decoded faces with the encoder in eval mode.
 
+    The forward passes run on a BatchNorm-folded copy of the encoder (`pipeline.model.fold`; the same embeddings
+    within 1e-4, checked on the first batch, else the encoder itself). The encoder is not modified.
+
     Args:
         images: uint8 (N, S, S, 3).
+        batch_size: faces per forward pass; default `CPU_BATCH` on CPU, `ACCEL_BATCH` on an accelerator.
         flip_tta: average the embeddings of the image and its mirror, then re-normalise.
     Returns:
         float32 (N, D), unit L2 norm.
     """
-    was_training = encoder.training
-    encoder.eval()
     device = next(encoder.parameters()).device  # batches go where the encoder is (CPU, CUDA or MPS)
+    if batch_size is None:
+        batch_size = CPU_BATCH if device.type == "cpu" else ACCEL_BATCH
     out = np.zeros((len(images), encoder.embedding_dim), dtype=np.float32)
+    net: Encoder | None = None
+    was_training = encoder.training
+    encoder.eval()  # also when folding falls back to the encoder itself
     try:
         for start in range(0, len(images), batch_size):
             x = to_input(images[start : start + batch_size], mean, std).to(device, non_blocking=True)
-            e = encoder.embed(x)
+            if net is None:
+                net = inference_copy(encoder, x[:4])
+            e = net.embed(x)
             if flip_tta:
-                e = torch.nn.functional.normalize(e + encoder.embed(torch.flip(x, dims=[3])), dim=1)
+                e = torch.nn.functional.normalize(e + net.embed(torch.flip(x, dims=[3])), dim=1)
             out[start : start + len(x)] = e.float().cpu().numpy()
             if progress is not None:
                 progress(len(x))
@@ -70,7 +84,7 @@ class EmbeddedChunk:
     rejects: pd.DataFrame
 
 
-def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
+def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int | None = None,
                      progress: Callable[[int], None] | None = None, mode: Mode | str = Mode.QUERY,
                      already_aligned: bool = False, policy: FacePolicy | None = None) -> Iterator[EmbeddedChunk]:
     """Load faces the model's way (`pipeline.faces.loader`: align when the model was trained on aligned faces)
@@ -96,7 +110,7 @@ def iter_embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int
         yield EmbeddedChunk(rows, emb, faces.rejects)
 
 
-def embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int = 256,
+def embed_table(model: LoadedModel, table: pd.DataFrame, *, chunk_size: int = 2048, batch_size: int | None = None,
                 progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Embed a whole image table. Returns (rows that embedded, float32 (N, D) embeddings, rejects)."""
     rows, embs, rejects = [], [], []

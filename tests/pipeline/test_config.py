@@ -26,6 +26,26 @@ def test_defaults_toml_and_overrides(tmp_path: Path) -> None:
     assert cfg.train.minutes == 2.5
 
 
+def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None:
+    """The default is the SFace-inherited student; naming another backbone brings the generic settings, except
+    the ones the user sets."""
+    default = load_config()
+    assert (default.model.backbone, default.model.inherit, default.model.head, default.model.stem_stride,
+            default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 96, 2e-4)
+    other = load_config(None, ["model.backbone=resnet10t"])
+    assert (other.model.inherit, other.model.head, other.model.stem_stride, other.data.image_size_px,
+            other.train.lr) == ("", "gap", 1, 80, 2e-3)
+    assert other.distill == default.distill and other.train.minutes == default.train.minutes  # the rest is shared
+    mine = load_config(None, ["model.backbone=resnet10t", "model.head=flatten", "data.image_size_px=64"])
+    assert (mine.model.head, mine.data.image_size_px, mine.train.lr) == ("flatten", 64, 2e-3)
+    f = tmp_path / "c.toml"
+    f.write_text('[model]\nbackbone = "resnet18"\n[train]\nlr = 1e-3\n')
+    from_file = load_config(f)
+    assert (from_file.model.inherit, from_file.train.lr, from_file.data.image_size_px) == ("", 1e-3, 80)
+    with pytest.raises(ConfigError, match="model.inherit='sface' needs SFace's architecture"):
+        load_config(None, ["model.backbone=resnet10t", "model.inherit=sface"])
+
+
 @pytest.mark.parametrize("override,match", [
     ("train.minuts=3", "unknown key.*minuts.*valid keys"),
     ("train.minutes=soon", "cannot use 'soon' as float"),

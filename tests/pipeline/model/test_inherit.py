@@ -96,9 +96,11 @@ def test_altered_teacher_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("sets, match", [
-    ({"model.inherit": "sface"}, "needs SFace's architecture"),
+    ({"model.inherit": "sface", "model.backbone": "resnet10t"}, "needs SFace's architecture"),
+    ({"model.head": "gap"}, "needs SFace's architecture"),  # the default backbone inherits
     ({"model.inherit": "vgg"}, "is not one of"),
-    ({"model.stem_stride": 2}, "need model.inherit='sface'"),
+    ({"model.backbone": "test_resnet", "model.stem_stride": 2}, "need model.inherit='sface'"),
+    ({"model.inherit": ""}, r"got stem_stride=2.*set model.stem_stride=1"),  # timm's init of the default backbone
     ({"model.inherit": "sface", "model.backbone": "mobilenetv1_100", "model.head": "flatten", "model.drop_blocks": [5]},
      "must be distinct values of"),
 ])
@@ -165,10 +167,11 @@ def test_train_cli_inherits_and_records_it(synthetic_folders, tmp_path):
                                sface_arrays()["conv_14_conv2d_weight"].reshape(1024, 1024))
 
 
-def test_inherit_config_file_is_the_measured_recipe():
+def test_inherit_config_file_is_the_default_at_80_px():
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / "inherit.toml")
+    assert cfg == load_config(None, ["data.image_size_px=80"])  # session 8's measured recipe
     assert (cfg.model.backbone, cfg.model.head, cfg.model.inherit, cfg.model.stem_stride) == (
         "mobilenetv1_100", "flatten", "sface", 2)
     assert (cfg.data.image_size_px, cfg.train.lr, cfg.distill.teacher, cfg.eval.flip_tta) == (80, 2e-4, "sface", False)
