@@ -26,9 +26,10 @@ from indexes import GalleryStore
 from lifecycle import live
 from lifecycle.promotion import decide
 from lifecycle.registry import ModelRegistry, Pair
-from pipeline.core.config import Config, load_config, read_toml
+from pipeline.core.config import Config, load_config
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import write_parquet_atomic
+from pipeline.core.loader import read_toml
 from pipeline.data.manifest import read_images
 from pipeline.data.splits import make_pairs, split_random
 from pipeline.evaluate.plots import plot_roc

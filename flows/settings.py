@@ -2,7 +2,7 @@
 
 The file is ``--settings FILE``, else ``$FACEPIPE_FLOWS_CONFIG``, else ``flows/flows.toml``. It names the
 registry, the data, gate and schedule of the retrain flow, chunk sizes and the Dask scheduler. It is read by
-the one config loader (`pipeline.core.config`: `read_toml` -> `apply_overrides` -> `build_dataclass`), so
+the one config loader (`pipeline.core.loader`: `read_toml` -> `apply_overrides` -> `build_dataclass`), so
 values are coerced to the fields' types and unknown keys are refused with the valid ones.
 
 `flow_parameters` is the ONE mapping from settings to flow parameters: the flow functions take their
@@ -28,8 +28,8 @@ from typing import Any
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lifecycle.promotion import HIGHER_IS_BETTER
-from pipeline.core.config import apply_overrides, build_dataclass, read_toml
 from pipeline.core.errors import ConfigError
+from pipeline.core.loader import apply_overrides, build_dataclass, read_toml
 
 DEFAULT_CONFIG = Path(__file__).with_name("flows.toml")
 SETTINGS_ENV = "FACEPIPE_FLOWS_CONFIG"

@@ -1,6 +1,6 @@
 """Configuration: ONE loader for every frozen-dataclass tree, and the pipeline's own tree (`Config`).
 
-The loader (`read_toml` -> `apply_overrides` -> `build_dataclass`) turns a TOML file plus ``section.key=value``
+The loader (`pipeline.core.loader`: `read_toml` -> `apply_overrides` -> `build_dataclass`) turns a TOML file plus ``section.key=value``
 strings into a frozen dataclass tree, coercing each value to its field's annotated type and rejecting unknown
 keys with the list of valid ones. The pipeline config (`load_config`) and the flows' operator settings
 (`flows.settings.load_settings`) both use it. (A gallery store's `indexes.IndexConfig` is read only from the
@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.loader import apply_overrides, build_dataclass, read_toml
 
 T = TypeVar("T")
 
@@ -160,74 +160,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _coerce(value: Any, target: Any, where: str) -> Any:
-    """Convert a TOML/CLI value to the annotated type of a config field."""
-    tname = str(target)
-    try:
-        if "None" in tname and (value is None or (isinstance(value, str) and value.lower() in {"none", ""})):
-            return None
-        if tname.startswith("tuple"):
-            inner = float if "float" in tname else int if "int" in tname else str
-            if isinstance(value, str):
-                value = [v for v in value.strip("()[] ").split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)):
-                raise TypeError(value)
-            return tuple(inner(v) for v in value)
-        if tname == "bool":
-            if isinstance(value, str):
-                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                    raise ValueError(value)
-                return value.lower() in {"true", "1", "yes"}
-            return bool(value)
-        if tname.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if tname.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if isinstance(value, (dict, list)):
-            raise TypeError(value)
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config {where}: cannot use {value!r} as {tname}") from exc
-
-
-def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
-    """Build a frozen dataclass tree from nested dicts: sections become nested dataclasses, values are coerced
-    to the annotated types, missing keys keep their defaults, unknown keys raise `ConfigError` listing the
-    valid ones. ``where`` prefixes error messages (e.g. ``"flows.toml"``)."""
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"config {where or 'root'}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    for name, f in known.items():
-        if name not in values:
-            continue
-        sub = f"{where}.{name}" if where else name
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if is_dataclass(default):
-            if not isinstance(values[name], dict):
-                raise ConfigError(f"config {sub}: expected a section, got {values[name]!r}")
-            kwargs[name] = build_dataclass(type(default), values[name], sub)
-        else:
-            kwargs[name] = _coerce(values[name], f.type, sub)
-    return cls(**kwargs)
-
-
-def read_toml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
-    """A TOML file as nested dicts; a missing or malformed file raises `ConfigError` naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} {p} does not exist")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} {p} is not valid TOML: {exc}") from exc
-
-
 # The default recipe's settings that belong to its backbone (a start from SFace's weights). A config that names
 # another backbone and leaves one of these unset gets the value here: what a network from timm's initialisation
 # was measured with (docs/training.md), e.g. `--set model.backbone=resnet10t` is session 6's distilled default.
@@ -262,18 +194,6 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain JSON-able dicts (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested dict (a copy)."""
-    out = json.loads(json.dumps(values))
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.minutes=5")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = raw
-    return out
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
