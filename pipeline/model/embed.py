@@ -32,7 +32,7 @@ def to_input(images: np.ndarray, mean: tuple[float, ...] = (0.5,) * 3, std: tupl
     return (x - m) / s
 
 
-CPU_BATCH = 32  # faces per forward pass on CPU: measured faster than 64 or 256 on 2 cores (cache-sized activations)
+CPU_BATCH = 32  # faces per forward pass on CPU: 1.5x the images/s of 256 on 2 cores (bench/fold_speed.py)
 ACCEL_BATCH = 256
 
 
