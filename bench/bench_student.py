@@ -5,8 +5,8 @@
 
 Both embed the same aligned faces (YuNet + ArcFace template, taken from the aligned-crop cache or aligned once
 before timing; alignment is not timed, since both need it): the student through `pipeline.model.embed.embed_array`
-(torch, batches of 256, its model.json's input crop/size and flip TTA; also without TTA), the teacher through its
-adapter (`pipeline.model.teachers`, OpenCV DNN, batches of 16). Both use the machine's threads (torch and OpenCV
+(torch, its default batches: 32 faces on CPU; its model.json's input crop/size and flip TTA; also without TTA),
+the teacher through its adapter (`pipeline.model.teachers`, OpenCV DNN, batches of 16). Both use the machine's threads (torch and OpenCV
 set to the core count). Median of ``--runs`` after one warm-up. ``--out`` replaces the "## Student vs teacher"
 section of a markdown file.
 """

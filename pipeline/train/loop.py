@@ -43,7 +43,7 @@ from pipeline.train.recipe import (
     build_loss,
     build_sampler,
 )
-from pipeline.train.schedule import lr_at, update_ema
+from pipeline.train.schedule import AnchorPull, lr_at, update_ema
 from pipeline.train.teacher_targets import attach_teacher
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
                           input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view,
                           arch=model_arch(cfg))
-    if cfg.model.inherit and not (resume and ckpt.has_checkpoint(ckpt_dir)):
+    if cfg.model.inherit:  # also on resume: the weights are the anchor's start (the checkpoint replaces them below)
         inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks))
     if cfg.model.freeze_blocks:
         log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
@@ -188,6 +188,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     ema = copy.deepcopy(model).eval() if cfg.train.ema_decay > 0 else None
+    anchor = AnchorPull(model, cfg.train.anchor_decay) if cfg.train.anchor_decay > 0 else None
     kept = ema if ema is not None else model  # the weights that are evaluated and saved
     # what the checkpoint stores besides the model: loss parameters (+ distillation projection, weight average)
     losses = (loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})).to(device)
@@ -272,6 +273,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if anchor is not None:
+                    anchor(opt.param_groups[0]["lr"])
                 step += 1
                 if ema is not None:
                     # warm-up of the average: early on it follows the model closely

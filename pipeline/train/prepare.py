@@ -100,8 +100,15 @@ def prepare_training(data: str | Path, pairs_file: str | Path | None, cfg: Confi
     people are neither (see `load_split`)."""
     table, split = load_split(data, pairs_file, cfg, holdout)
     train_rows = table[table["identity"].isin(split.train)].reset_index(drop=True)
+    need = cfg.data.min_images_per_identity
+    if need > 1:  # people with fewer photos are left out of training altogether (not even for distillation)
+        counts = train_rows["identity"].map(train_rows["identity"].value_counts())
+        log.info("data.min_images_per_identity=%d: %d training image(s) of %d people with fewer are not used", need,
+                 int((counts < need).sum()), train_rows.loc[counts < need, "identity"].nunique())
+        train_rows = train_rows[counts >= need].reset_index(drop=True)
     if train_rows.empty:
-        raise DataError(f"{data}: no training people left after holding out validation/dev people")
+        raise DataError(f"{data}: no training people left after holding out validation/dev people"
+                        + (f" and people with < {need} images" if need > 1 else ""))
     size = cfg.data.image_size_px
     load_px = int(round(size * AUGMENT_MARGIN)) if cfg.train.augment else size
     load_crop = min(1.0, cfg.data.crop_fraction * load_px / size)

@@ -31,7 +31,7 @@ def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None
     the ones the user sets."""
     default = load_config()
     assert (default.model.backbone, default.model.inherit, default.model.head, default.model.stem_stride,
-            default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 96, 2e-4)
+            default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 104, 2e-4)
     other = load_config(None, ["model.backbone=resnet10t"])
     assert (other.model.inherit, other.model.head, other.model.stem_stride, other.data.image_size_px,
             other.train.lr) == ("", "gap", 1, 80, 2e-3)
@@ -55,6 +55,8 @@ def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None
     ("train.minutes=-1", "must be > 0"),
     ("data.val_source=dev", "val_source='dev' is not one of"),
     ("train.ema_decay=1", "ema_decay=1.0 must be in"),
+    ("train.anchor_decay=-1", "anchor_decay=-1.0 must be >= 0"),
+    ("data.min_images_per_identity=0", "min_images_per_identity=0 must be >= 1"),
     ("loss.triplet_weight=-1", "triplet_weight=-1.0 must be >= 0"),
 ])
 def test_bad_values_are_named(override: str, match: str) -> None:

@@ -150,3 +150,26 @@ def test_real_pairs_split_is_person_disjoint(pairs_file: Path, lfw_root: Path) -
     dev_people = set(pairs[pairs.fold >= 6].name1) | set(pairs[pairs.fold >= 6].name2)
     assert dev_people == set(split.dev)
     assert split.train | split.val | split.dev == people
+
+
+def test_min_images_per_identity_leaves_out_people_with_fewer_photos(synthetic_folders: Path) -> None:
+    """data.min_images_per_identity=N: training people with < N photos are not trained on, not even unlabelled."""
+    from pipeline.core.config import load_config
+    from pipeline.train.prepare import prepare_training
+
+    for j in (1, 2):  # person_5 keeps one photo, person_4 two; the others three
+        (synthetic_folders / "person_5" / f"img_{j}.png").unlink()
+    (synthetic_folders / "person_4" / "img_2.png").unlink()
+    base = ["data.face_detector=none", "data.val_source=train", "data.val_fraction=0.01", "data.image_size_px=32",
+            "train.augment=false", "distill.teacher="]
+    everyone = prepare_training(synthetic_folders, None, load_config(None, base))
+    trained = set(everyone.class_names)
+    counts = {p: 3 for p in trained} | {p: n for p, n in (("person_5", 1), ("person_4", 2)) if p in trained}
+    assert len(everyone.labels) == sum(counts.values())
+    for need in (2, 3):
+        data = prepare_training(synthetic_folders, None, load_config(None, [*base, f"data.min_images_per_identity={need}"]))
+        assert set(data.class_names) == {p for p, n in counts.items() if n >= need}
+        assert len(data.labels) == len(data.rows) == sum(n for n in counts.values() if n >= need)
+        assert data.split.val == everyone.split.val  # validation and dev people are untouched
+    with pytest.raises(DataError, match="no training people left.*< 9 images"):
+        prepare_training(synthetic_folders, None, load_config(None, [*base, "data.min_images_per_identity=9"]))
