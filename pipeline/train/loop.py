@@ -179,7 +179,9 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
                           input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view,
                           arch=model_arch(cfg))
-    if cfg.model.inherit:  # also on resume: the weights are the anchor's start (the checkpoint replaces them below)
+    resuming = resume and ckpt.has_checkpoint(ckpt_dir)
+    if cfg.model.inherit and (not resuming or cfg.train.anchor_decay > 0):
+        # a resumed run loads its weights from the checkpoint below; it needs the teacher's only as the anchor's start
         inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks))
     if cfg.model.freeze_blocks:
         log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
@@ -203,7 +205,7 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     steps_per_epoch = max(1, len(sampler))
 
     step, total_steps, best_auc, history = 0, 0, -1.0, []
-    if resume and ckpt.has_checkpoint(ckpt_dir):
+    if resuming:
         state = ckpt.load_checkpoint(ckpt_dir, model, extra, opt)
         if state["config"] != to_dict(cfg):
             raise ConfigError(f"cannot resume {ckpt_dir}: it was trained with a different config; use a new --out")
