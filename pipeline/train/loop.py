@@ -44,7 +44,7 @@ from pipeline.train.recipe import (
     build_sampler,
 )
 from pipeline.train.schedule import AnchorPull, lr_at, update_ema
-from pipeline.train.teacher_targets import attach_teacher
+from pipeline.train.teacher_targets import attach_teacher, centre_teacher
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
         set_threads(cfg.train.threads)
     if cfg.distill.teacher and data.teacher is None:  # teacher embeddings: from the cache, missing ones computed
         data = attach_teacher(data, cfg)
+    data = centre_teacher(data, cfg.distill.centre_teacher)
     specs = parse_backbone(cfg.model.backbone)
     shares = member_shares(cfg)
     single = len(specs) == 1

@@ -31,7 +31,7 @@ def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None
     the ones the user sets."""
     default = load_config()
     assert (default.model.backbone, default.model.inherit, default.model.head, default.model.stem_stride,
-            default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 104, 2e-4)
+            default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 112, 2e-4)
     other = load_config(None, ["model.backbone=resnet10t"])
     assert (other.model.inherit, other.model.head, other.model.stem_stride, other.data.image_size_px,
             other.train.lr) == ("", "gap", 1, 80, 2e-3)

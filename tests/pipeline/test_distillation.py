@@ -21,6 +21,7 @@ from pipeline.train.losses.distillation import DistillationLoss
 from pipeline.train.prepare import TrainingData
 from pipeline.train.recipe import build_distillation
 from pipeline.train.sampling import DistillationSampler, PKSampler
+from pipeline.train.teacher_targets import centre_teacher
 
 DISTILL_RUN = ["model.backbone=test_resnet", "model.embedding_dim=16", "data.image_size_px=32", "data.crop_fraction=1.0",
                "train.augment=false", "train.minutes=2", "train.eval_every_steps=30", "train.ema_decay=0",
@@ -187,3 +188,56 @@ def test_a_teacher_without_targets_is_a_clear_error(tmp_path: Path) -> None:
         train(cfg, plain, tmp_path / "m")
     with pytest.raises(ConfigError, match="no teacher embeddings"):
         build_distillation(cfg, 16, None)
+
+
+def _cone(data: TrainingData, common: float) -> TrainingData:
+    """``data`` with its teacher centred, then squeezed into a cone around a random axis by ``common`` (dlib-like:
+    a large shared component; 0 = no shared component at all)."""
+    axis = _unit(np.random.default_rng(9).normal(size=(1, data.teacher.shape[1])))
+    centred = _unit(data.teacher - data.teacher.mean(axis=0))
+    return TrainingData(data.images, data.labels, data.class_names, data.val, data.split, data.table, data.rejects,
+                        teacher=_unit(common * axis + centred).astype(np.float32), teacher_info=data.teacher_info)
+
+
+def test_a_teacher_in_a_narrow_cone_is_centred_and_others_are_left_alone() -> None:
+    data, _ = _synthetic_data()
+    cone = _cone(data, 4.0)
+    out = centre_teacher(cone, "auto")
+    info = out.teacher_info["centring"]
+    assert info["centred"] and info["mean_norm"] > 0.9 and info["mode"] == "auto"
+    assert np.allclose(np.linalg.norm(out.teacher, axis=1), 1.0, atol=1e-5)
+    assert np.linalg.norm(out.teacher.mean(axis=0)) < 0.3  # the shared component is gone
+    before, after = cone.teacher @ cone.teacher.T, out.teacher @ out.teacher.T
+    off = ~np.eye(len(before), dtype=bool)
+    assert before[off].min() > 0.8 and after[off].min() < -0.3  # spread over [-1, 1] instead of a cone
+    # the teacher's neighbours stay its neighbours: each image's most similar other image is unchanged
+    np.fill_diagonal(before, -2), np.fill_diagonal(after, -2)
+    assert (before.argmax(axis=1) == after.argmax(axis=1)).mean() > 0.95
+    assert centre_teacher(out, "on") is out  # never centred twice
+    spread = _cone(data, 0.0)  # no shared component worth removing
+    kept = centre_teacher(spread, "auto")
+    assert not kept.teacher_info["centring"]["centred"] and np.array_equal(kept.teacher, spread.teacher)
+    assert centre_teacher(spread, "on").teacher_info["centring"]["centred"]
+    assert np.array_equal(centre_teacher(cone, "off").teacher, cone.teacher)
+    with pytest.raises(ConfigError, match="centre_teacher"):
+        load_config(None, ["distill.centre_teacher=yes"])
+
+
+def test_training_distils_the_centred_targets_of_a_cone_teacher_and_records_it(tmp_path: Path) -> None:
+    data, _ = _synthetic_data()
+    cone = _cone(data, 4.0)
+    centred = centre_teacher(cone, "on").teacher
+    run = [*DISTILL_RUN, "distill.metric_weight=0"]
+    short = train(load_config(None, [*run, "train.max_steps=1"]), cone, tmp_path / "one_step")
+    long = train(load_config(None, [*run, "train.max_steps=60"]), cone, tmp_path / "auto")
+
+    def agreement(model_dir: Path, target: np.ndarray) -> float:
+        emb = embed_array(load_model(model_dir).encoder, data.images[:, 4:36, 4:36], flip_tta=False)
+        return float((emb * target).sum(axis=1).mean())
+
+    assert agreement(long.model_dir, centred) > agreement(short.model_dir, centred) + 0.2
+    meta = load_model(long.model_dir).meta
+    assert meta["teacher"]["centring"]["centred"] and meta["teacher"]["centring"]["mean_norm"] > 0.9
+    assert meta["training"]["distill"]["centre_teacher"] == "auto"
+    off = train(load_config(None, [*run, "train.max_steps=1", "distill.centre_teacher=off"]), cone, tmp_path / "off")
+    assert not load_model(off.model_dir).meta["teacher"]["centring"]["centred"]
