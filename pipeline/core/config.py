@@ -120,6 +120,9 @@ class TrainConfig:
     loader_workers: int = 2  # accelerators: processes making augmented batches into pinned memory (CPU: in-process)
 
 
+CENTRE_MODES = ("auto", "on", "off")  # distill.centre_teacher
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Distillation from a frozen teacher face model (`pipeline.model.teachers`); off when ``teacher`` is empty."""
@@ -324,7 +327,7 @@ def validate(cfg: Config) -> None:
          "distillation needs distill.extra_per_batch > 0 or distill.metric_weight > 0 (a batch would be empty)"),
         (dc.teacher != "precomputed" or bool(dc.teacher_file), "distill.teacher=precomputed needs distill.teacher_file"),
         (dc.workers >= 1, f"distill.workers={dc.workers} must be >= 1"),
-        (dc.centre_teacher in ("auto", "on", "off"),
+        (dc.centre_teacher in CENTRE_MODES,
          f"distill.centre_teacher={dc.centre_teacher!r} must be auto, on or off"),
         (dc.views >= 0, f"distill.views={dc.views} must be >= 0"),
         (0.0 <= dc.view_fraction <= 1.0, f"distill.view_fraction={dc.view_fraction} is a share: it must be in [0, 1]"),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Config, cache_dir
+from pipeline.core.config import CENTRE_MODES, Config, cache_dir
 from pipeline.core.errors import DataError
 from pipeline.core.io import file_digest
 from pipeline.data.manifest import read_images
@@ -31,6 +31,7 @@ from pipeline.faces.loader import (
     preprocessing_from_config,
 )
 from pipeline.model.teachers import TeacherCache, create_teacher
+from pipeline.model.teachers.base import l2_normalise
 from pipeline.train.prepare import AUGMENT_MARGIN, TrainingData
 from pipeline.train.teacher_views import (
     VIEWS_VERSION,
@@ -142,9 +143,9 @@ def centre_teacher(data: TrainingData, mode: str) -> TrainingData:
     """
     if data.teacher is None or (data.teacher_info or {}).get("centring") is not None:
         return data
-    if mode not in ("auto", "on", "off"):
-        raise DataError(f"distill.centre_teacher={mode!r} must be auto, on or off")
-    mean = data.teacher.astype(np.float64).mean(axis=0)
+    if mode not in CENTRE_MODES:
+        raise DataError(f"distill.centre_teacher={mode!r} must be one of {list(CENTRE_MODES)}")
+    mean = data.teacher.mean(axis=0, dtype=np.float64).astype(np.float32)
     norm = float(np.linalg.norm(mean))
     centred = mode == "on" or (mode == "auto" and norm >= CENTRE_MIN_MEAN_NORM)
     info = {**(data.teacher_info or {}), "centring": {"mode": mode, "mean_norm": round(norm, 4), "centred": centred}}
@@ -152,8 +153,7 @@ def centre_teacher(data: TrainingData, mode: str) -> TrainingData:
         return replace(data, teacher_info=info)
 
     def centre(rows: np.ndarray) -> np.ndarray:
-        c = rows.astype(np.float64) - mean
-        return np.ascontiguousarray(c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+        return l2_normalise(rows - mean, what="the centred teacher")
 
     views = data.views if data.views is None else replace(data.views, teacher=centre(data.views.teacher))
     log.info("teacher embeddings centred (their mean's norm was %.3f)", norm)
