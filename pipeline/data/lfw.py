@@ -42,7 +42,9 @@ def resolve_data_dir(option: str | os.PathLike[str] | None = None) -> Path:
                         f"pairs file; `facepipe fetch-lfw --dest DIR` downloads one)")
     d = Path(raw).expanduser()
     if not d.is_dir():
-        raise DataError(f"data folder {d} does not exist")
+        where = "" if d.is_absolute() else f" (from {Path.cwd()})"
+        raise DataError(f"data folder {d} does not exist{where}: pass --data DIR or set {DATA_ENV}=DIR to the folder "
+                        f"holding lfw/ and a pairs file")
     return d
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import CENTRE_MODES, Config, cache_dir
+from pipeline.core.config import CENTRE_MODES, Config, cache_dir, teacher_views_per_image
 from pipeline.core.errors import DataError
 from pipeline.core.io import file_digest
 from pipeline.data.manifest import read_images
@@ -114,13 +114,15 @@ def attach_teacher(data: TrainingData, cfg: Config, *,
             "aligner": aligner.version, "images": len(shas), "unlabelled_images": int((data.labels < 0).sum())}
     log.info("teacher %s: %d embeddings (%d-d)", teacher.version, len(emb), emb.shape[1])
     views = None
-    if cfg.distill.views > 0:
-        if not teacher.needs_crops:
-            log.warning("distill.views=%d: a precomputed teacher cannot embed new views; training without them",
-                        cfg.distill.views)
+    per_image = teacher_views_per_image(cfg)
+    if per_image > 0:
+        if not teacher.needs_crops:  # said as a warning only when views were asked for by number
+            (log.info if cfg.distill.views < 0 else log.warning)(
+                "distill.views=%d: a precomputed teacher cannot embed new views; training without them", per_image)
         else:
-            views = _teacher_views(cfg, teacher, aligner.version, shas, crops, root, progress)
-            info["views"] = {"per_image": views.per_image, "version": VIEWS_VERSION, "seed": cfg.train.seed}
+            views = _teacher_views(cfg, per_image, teacher, aligner.version, shas, crops, root, progress)
+            info["views"] = {"per_image": views.per_image, "version": VIEWS_VERSION, "seed": cfg.train.seed,
+                             "setting": cfg.distill.views}
     return replace(data, teacher=np.ascontiguousarray(emb, dtype=np.float32), teacher_info=info, views=views)
 
 
@@ -160,11 +162,11 @@ def centre_teacher(data: TrainingData, mode: str) -> TrainingData:
     return replace(data, teacher=centre(data.teacher), teacher_info=info, views=views)
 
 
-def _teacher_views(cfg: Config, teacher: Any, aligner_version: str, shas: list[str], crops: dict[str, np.ndarray],
-                   root: Any, progress: Callable[[int, int], None] | None) -> TeacherViews:
-    """``distill.views`` views of every pool image (`pipeline.train.teacher_views`) and the teacher's embeddings
-    of them, from the teacher cache; missing ones are rendered and embedded in parallel."""
-    k, seed = cfg.distill.views, cfg.train.seed
+def _teacher_views(cfg: Config, k: int, teacher: Any, aligner_version: str, shas: list[str],
+                   crops: dict[str, np.ndarray], root: Any, progress: Callable[[int, int], None] | None) -> TeacherViews:
+    """``k`` views of every pool image (`pipeline.train.teacher_views`) and the teacher's embeddings of them, from
+    the teacher cache; missing ones are rendered and embedded in parallel."""
+    seed = cfg.train.seed
     faces = np.stack([crops[s] for s in shas])
     specs = [draw_spec(shas, i, v, seed) for i in range(len(shas)) for v in range(k)]
     keys = [view_key(shas, sp, seed) for sp in specs]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import Config, load_config, to_dict
+from pipeline.core.config import VIEWS_AUTO, Config, load_config, teacher_views_per_image, to_dict
 from pipeline.core.errors import ConfigError
 
 
@@ -32,10 +32,16 @@ def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None
     default = load_config()
     assert (default.model.backbone, default.model.inherit, default.model.head, default.model.stem_stride,
             default.data.image_size_px, default.train.lr) == ("mobilenetv1_100", "sface", "flatten", 2, 112, 2e-4)
+    # teacher views: auto, 8 per face in the 57-minute budget, none in a few minutes (the demo's 3)
+    assert default.distill.views == -1 and teacher_views_per_image(default) == VIEWS_AUTO == 8
+    assert teacher_views_per_image(load_config(None, ["train.minutes=3"])) == 0
+    assert teacher_views_per_image(load_config(None, ["distill.views=0"])) == 0
+    assert teacher_views_per_image(load_config(None, ["distill.views=3", "train.minutes=3"])) == 3
     other = load_config(None, ["model.backbone=resnet10t"])
     assert (other.model.inherit, other.model.head, other.model.stem_stride, other.data.image_size_px,
-            other.train.lr) == ("", "gap", 1, 80, 2e-3)
-    assert other.distill == default.distill and other.train.minutes == default.train.minutes  # the rest is shared
+            other.train.lr, other.distill.views) == ("", "gap", 1, 80, 2e-3, 0)
+    assert dataclasses.replace(other.distill, views=-1) == default.distill  # the rest is shared
+    assert other.train.minutes == default.train.minutes
     mine = load_config(None, ["model.backbone=resnet10t", "model.head=flatten", "data.image_size_px=64"])
     assert (mine.model.head, mine.data.image_size_px, mine.train.lr) == ("flatten", 64, 2e-3)
     f = tmp_path / "c.toml"

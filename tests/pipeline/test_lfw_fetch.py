@@ -94,3 +94,20 @@ def test_cli_fetch_and_missing_setting(served: tuple[str, Path], tmp_path: Path,
     monkeypatch.delenv("FACEPIPE_DATA", raising=False)
     assert main(["demo", "-q"]) == 2
     assert "pass --data DIR or set FACEPIPE_DATA" in capsys.readouterr().err
+
+
+def test_missing_data_folder_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACEPIPE_DATA", raising=False)
+    with pytest.raises(DataError, match="no data folder: pass --data DIR or set FACEPIPE_DATA"):
+        resolve_data_dir(None)
+    with pytest.raises(DataError) as err:
+        resolve_data_dir("../shared/data")
+    msg = str(err.value)
+    assert "\n" not in msg and f"../shared/data does not exist (from {tmp_path})" in msg
+    assert "pass --data DIR or set FACEPIPE_DATA=DIR" in msg
+    with pytest.raises(DataError) as err:
+        resolve_data_dir(tmp_path / "nope")
+    assert "(from" not in str(err.value)  # an absolute path needs no working folder
+    monkeypatch.setenv("FACEPIPE_DATA", str(tmp_path))
+    assert resolve_data_dir(None) == tmp_path

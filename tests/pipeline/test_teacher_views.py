@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_distillation import DISTILL_RUN, _synthetic_data
 
-from pipeline.core.config import load_config
+from pipeline.core.config import VIEWS_AUTO, VIEWS_AUTO_MIN_MINUTES, load_config
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import file_digest
 from pipeline.model.artifacts import load_model
@@ -128,7 +128,7 @@ def test_batches_serve_views_with_their_own_targets() -> None:
     served = sum(int((b.targets >= n).sum()) for b in epoch_batches(
         sampler * 10, data.images, data.labels, half, 0, 0, torch.device("cpu"), metric_only=False, views=views))
     assert 0.35 < served / 400 < 0.65
-    for bad in ("distill.view_fraction=1.5", "distill.views=-1"):
+    for bad in ("distill.view_fraction=1.5", "distill.views=-2"):
         with pytest.raises(ConfigError, match="distill.view"):
             load_config(None, [bad])
 
@@ -185,7 +185,7 @@ def test_attach_teacher_embeds_each_view_as_rendered_and_caches_them(tiny_folder
         out = attach_teacher(data, cfg)
         n = len(data.labels)
         assert out.views is not None and out.views.teacher.shape == (3 * n, 8) and len(out.views.specs) == 3 * n
-        assert out.teacher_info["views"] == {"per_image": 3, "version": "views-1", "seed": 0}
+        assert out.teacher_info["views"] == {"per_image": 3, "version": "views-1", "seed": 0, "setting": 3}
         embedded = sum(int(line.split()[1]) for line in calls.read_text().splitlines())
         assert embedded == 4 * n  # n plain + 3n views
         again = attach_teacher(data, cfg)  # a later run: everything from the cache
@@ -202,7 +202,17 @@ def test_attach_teacher_embeds_each_view_as_rendered_and_caches_them(tiny_folder
         before = sum(int(line.split()[1]) for line in calls.read_text().splitlines())
         attach_teacher(data, cfg)
         assert sum(int(line.split()[1]) for line in calls.read_text().splitlines()) == before + 1 + involved
-        off = attach_teacher(data, load_config(None, base))
+        off = attach_teacher(data, load_config(None, [*base, "distill.views=0"]))
         assert off.views is None and "views" not in off.teacher_info
+        # auto (the default, -1): no views in a few-minute budget (the demo, the shipped retrain flow) ...
+        short = attach_teacher(data, load_config(None, [*base, "train.minutes=3"]))
+        assert short.views is None and "views" not in short.teacher_info
+        # ... VIEWS_AUTO of them from VIEWS_AUTO_MIN_MINUTES on (the 57-minute default budget)
+        long = attach_teacher(data, load_config(None, [*base, f"train.minutes={VIEWS_AUTO_MIN_MINUTES}"]))
+        assert long.views is not None and long.views.teacher.shape == (VIEWS_AUTO * n, 8)
+        assert long.teacher_info["views"]["per_image"] == VIEWS_AUTO and long.teacher_info["views"]["setting"] == -1
+        # views 0-2 are the ones drawn before: the same faces, served from the cache
+        first3 = long.views.teacher.reshape(n, VIEWS_AUTO, 8)[:, :3]
+        assert np.allclose(first3, out.views.teacher.reshape(n, 3, 8), atol=1e-5)
     finally:
         tt._teacher = orig
