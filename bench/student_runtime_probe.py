@@ -1,7 +1,12 @@
-"""Probe (session 13, not a product path): the student's forward pass in torch (BatchNorm-folded, as `embed_array`
-runs it) against the same network exported to ONNX and run by OpenCV DNN (the teacher's runtime), on 512 random
-faces at the model's size, batches of 32, median of 5 rounds after a warm-up. Prints the largest difference between
-the torch and OpenCV embeddings first: a faster runtime only counts if that is ~1e-5.
+"""Probe: the student's forward pass in torch (BatchNorm-folded, as `embed_array` runs it) against the same network
+exported to ONNX and run by OpenCV DNN (the teacher's runtime), on 512 random faces at the model's size, batches
+of 32, median of 5 rounds after a warm-up. Prints the largest difference between the torch and OpenCV embeddings
+first: a faster runtime only counts if that is ~1e-5.
+
+Session 13 found a 0.51 difference here and blamed OpenCV; it was this script: a fresh wrapper module is in train
+mode, and `torch.onnx.export` restores the wrapper's mode after exporting, which put the folded network in train
+mode (BatchNorm on batch statistics) for the torch side. The wrapper is now put in eval mode first; the product
+path (`pipeline.model.runtime.export_onnx`) restores every module's own mode and is tested for it.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/student_runtime_probe.py runs/i60v8
 """
@@ -46,7 +51,7 @@ def main(model_dir: str) -> None:
     batches = [x[s : s + CPU_BATCH] for s in range(0, N, CPU_BATCH)]
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "student.onnx")
-        torch.onnx.export(_Embed(net), batches[0], path, input_names=["x"], output_names=["e"], dynamo=False,
+        torch.onnx.export(_Embed(net).eval(), batches[0], path, input_names=["x"], output_names=["e"], dynamo=False,
                           opset_version=13)
         dnn = cv2.dnn.readNetFromONNX(path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from pipeline.faces.policy import FacePolicy, Mode
 from pipeline.model.artifacts import LoadedModel
 from pipeline.model.encoder import Encoder
 from pipeline.model.fold import inference_copy
+from pipeline.model.runtime import OpenCVRunner, cv_threads, opencv_runner, use_opencv
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int | None 
     """Embed decoded faces with the encoder in eval mode.
 
     The forward passes run on a BatchNorm-folded copy of the encoder (`pipeline.model.fold`; the same embeddings
-    within 1e-4, checked on the first batch, else the encoder itself). The encoder is not modified.
+    within 1e-4, checked on the first batch, else the encoder itself), on CPU exported to OpenCV DNN when that is
+    faster and agrees within 1e-4 (`pipeline.model.runtime`; ``FACEPIPE_EMBED_RUNTIME`` picks). The encoder is not
+    modified.
 
     Args:
         images: uint8 (N, S, S, 3).
@@ -57,19 +61,30 @@ def embed_array(encoder: Encoder, images: np.ndarray, *, batch_size: int | None 
         batch_size = CPU_BATCH if device.type == "cpu" else ACCEL_BATCH
     out = np.zeros((len(images), encoder.embedding_dim), dtype=np.float32)
     net: Encoder | None = None
+    runner: OpenCVRunner | None = None
     was_training = encoder.training
     encoder.eval()  # also when folding falls back to the encoder itself
     try:
-        for start in range(0, len(images), batch_size):
-            x = to_input(images[start : start + batch_size], mean, std).to(device, non_blocking=True)
-            if net is None:
-                net = inference_copy(encoder, x[:4])
-            e = net.embed(x)
-            if flip_tta:
-                e = torch.nn.functional.normalize(e + net.embed(torch.flip(x, dims=[3])), dim=1)
-            out[start : start + len(x)] = e.float().cpu().numpy()
-            if progress is not None:
-                progress(len(x))
+        with contextlib.ExitStack() as scope:
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                if net is None:
+                    probe = to_input(chunk[:4], mean, std).to(device)
+                    net = inference_copy(encoder, probe)
+                    if use_opencv(encoder, device, len(images) * (2 if flip_tta else 1)):
+                        runner = opencv_runner(encoder, net, probe)
+                        if runner is not None:
+                            scope.enter_context(cv_threads(torch.get_num_threads()))
+                if runner is not None:
+                    e = runner.embed_images(chunk, mean, std, flip_tta)
+                else:
+                    x = to_input(chunk, mean, std).to(device, non_blocking=True)
+                    e = net.embed(x)
+                    if flip_tta:
+                        e = torch.nn.functional.normalize(e + net.embed(torch.flip(x, dims=[3])), dim=1)
+                out[start : start + len(chunk)] = e.float().cpu().numpy()
+                if progress is not None:
+                    progress(len(chunk))
     finally:
         encoder.train(was_training)
     return out

@@ -101,7 +101,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> int:
     return len(pairs)
 
 
-def _weights_key(encoder: nn.Module) -> tuple:
+def weights_key(encoder: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or updated in place (pointer + version counter)."""
     return tuple((t.data_ptr(), t._version) for t in (*encoder.parameters(), *encoder.buffers()))
 
 
@@ -111,7 +112,7 @@ def inference_copy(encoder: nn.Module, probe: torch.Tensor) -> nn.Module:
     ``probe``: a normalised input batch of the encoder's input shape (2+ images), used to trace the conv -> norm
     pairs and to check the copy. Falls back to ``encoder`` when nothing folds or the check fails.
     """
-    key = _weights_key(encoder)
+    key = weights_key(encoder)
     hit = _cache.get(encoder)
     if hit is not None and hit[0] == key:
         return encoder if hit[1] is None else hit[1]
@@ -120,6 +121,7 @@ def inference_copy(encoder: nn.Module, probe: torch.Tensor) -> nn.Module:
     try:
         folded = copy.deepcopy(encoder).eval()
         n = fold_batchnorm(folded, probe)
+        folded.eval()  # the fused convolutions and _AfterNorm wrappers are new modules (train mode by default)
         with torch.inference_mode():
             gap = (encoder.embed(probe) - folded.embed(probe)).abs().max().item() if n else 0.0
     finally:
