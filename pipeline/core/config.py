@@ -124,7 +124,7 @@ class TrainConfig:
 
 CENTRE_MODES = ("auto", "on", "off")  # distill.centre_teacher
 VIEWS_AUTO = 8  # distill.views=-1 (auto): this many teacher views per training image ...
-VIEWS_AUTO_MIN_MINUTES = 20.0  # ... when train.minutes is at least this
+VIEWS_AUTO_MIN_MINUTES = 20.0  # ... when train.minutes is at least this (at 20: TAR@1e-3 0.802 -> 0.847, docs/training.md)
 
 
 @dataclass(frozen=True)
