@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     pre = model.meta["preprocessing"]
     inputs = np.stack([center_crop_resize(c, float(pre["crop_fraction"]), int(pre["image_size_px"])) for c in crops])
     teacher = create_teacher(args.teacher)
-    set_threads(threads)  # after the aligner, which leaves OpenCV on one thread (sessions 8-13 timed the teacher so)
+    set_threads(threads)  # after the aligner, which leaves OpenCV on one thread (sessions 6-13 timed the teacher so)
     n = len(crops)
     load_before = os.getloadavg()
+
     def student(runtime: str, tta: bool):
         def run() -> np.ndarray:
             os.environ[ENV] = runtime
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "input_px": int(pre["image_size_px"]), "teacher": teacher.version, "images_per_s": ips,
               "ratio_vs_teacher": {k: v / ips["teacher"] for k, v in ips.items()},
               "load_before": load_before, "load_after": load_after, "max_abs_diff_torch_vs_opencv": gap,
-              # the student's speed against the teacher's depends on it (5.6x on one machine, 3.5x on an AVX2 one)
+              # the student's speed against the teacher's depends on the CPU and on both runtimes' threads
               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
               "opencv_threads": cv2.getNumThreads()}
     print(json.dumps(result, indent=2))

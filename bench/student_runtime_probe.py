@@ -5,8 +5,9 @@ first: a faster runtime only counts if that is ~1e-5.
 
 Session 13 found a 0.51 difference here and blamed OpenCV; it was this script: a fresh wrapper module is in train
 mode, and `torch.onnx.export` restores the wrapper's mode after exporting, which put the folded network in train
-mode (BatchNorm on batch statistics) for the torch side. The wrapper is now put in eval mode first; the product
-path (`pipeline.model.runtime.export_onnx`) restores every module's own mode and is tested for it.
+mode (BatchNorm on batch statistics) for the torch side. The probe now exports with the product's
+`pipeline.model.runtime.export_onnx` (which restores every module's own mode, tested) and prints the export's
+seconds (the cost `runtime.AUTO_MIN_PASSES` is set against).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/student_runtime_probe.py runs/i60v8
 """
@@ -15,12 +16,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -28,19 +27,9 @@ import pipeline  # noqa: E402,F401  (runtime tuning)
 from pipeline.model.artifacts import load_model  # noqa: E402
 from pipeline.model.embed import CPU_BATCH, to_input  # noqa: E402
 from pipeline.model.fold import inference_copy  # noqa: E402
+from pipeline.model.runtime import OpenCVRunner, export_onnx  # noqa: E402
 
 N = 512
-
-
-class _Embed(torch.nn.Module):
-    """The encoder's embedding call as a module's forward (what ONNX export traces)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.embed(x)
 
 
 def main(model_dir: str) -> None:
@@ -49,19 +38,13 @@ def main(model_dir: str) -> None:
     x = to_input(np.random.default_rng(0).integers(0, 255, (N, px, px, 3), dtype=np.uint8))
     net = inference_copy(model.encoder.eval(), x[:4])
     batches = [x[s : s + CPU_BATCH] for s in range(0, N, CPU_BATCH)]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "student.onnx")
-        torch.onnx.export(_Embed(net).eval(), batches[0], path, input_names=["x"], output_names=["e"], dynamo=False,
-                          opset_version=13)
-        dnn = cv2.dnn.readNetFromONNX(path)
-
-    def run_dnn(b: torch.Tensor) -> np.ndarray:
-        dnn.setInput(b.numpy())
-        return dnn.forward()
-
+    t0 = time.perf_counter()
+    onnx_bytes = export_onnx(net, batches[0])
+    print("export s", round(time.perf_counter() - t0, 2))
+    dnn = OpenCVRunner(onnx_bytes)
     with torch.inference_mode():
-        print("max |torch - dnn|", float(np.abs(net.embed(batches[0]).numpy() - run_dnn(batches[0])).max()))
-        rows = {"torch (BN-folded)": net.embed, "opencv dnn": run_dnn}
+        print("max |torch - dnn|", float((net.embed(batches[0]) - dnn(batches[0])).abs().max()))
+        rows = {"torch (BN-folded)": net.embed, "opencv dnn": dnn}
         rates: dict[str, list[float]] = {k: [] for k in rows}
         for f in rows.values():  # warm-up
             [f(b) for b in batches]

@@ -12,8 +12,9 @@ Invariants:
 - The export is a copy: the encoder is never changed (the exporter's train/eval switch runs on a wrapper whose
   mode is restored; the network exported is `pipeline.model.fold.inference_copy`'s folded copy).
 - The cache follows the weights (`pipeline.model.fold.weights_key`), so a training step invalidates it.
-- Small jobs stay in torch under ``auto``: exporting and checking costs ~2 s (1.75 s measured for the export), which
-  OpenCV's ~2.1 ms per face pass repays after about 900 passes; below `AUTO_MIN_PASSES` (2,048: a chunk of
+- Small jobs stay in torch under ``auto``: the export costs 1.3 s (`bench/student_runtime_probe.py`,
+  `bench/results/student_runtime_probe_session14_review.txt`), which OpenCV's ~2.1 ms saved per face pass (1/203 -
+  1/357 s, docs/benchmarks.md) repays after about 600 passes; below `AUTO_MIN_PASSES` (2,048: a chunk of
   `iter_embed_table`) a job runs in torch, so a lookup of a few faces does not wait for an export. Weights already
   exported are reused for any job size.
 - OpenCV runs on torch's thread count during the job (`cv_threads`): the face aligner leaves OpenCV on one thread.
