@@ -20,10 +20,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 from docsection import write_section
+from timing import interleaved as timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,20 +48,6 @@ from pipeline.model.teachers import create_teacher  # noqa: E402
 
 SECTION = "## Student vs teacher"
 RUNTIME_NAMES = {"torch": "torch", "opencv": "OpenCV DNN"}
-
-
-def timed(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds per row; one warm-up each, then the rows interleaved run by run (a slow spell of a shared
-    machine hits every row, not one)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

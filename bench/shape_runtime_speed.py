@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipeline  # noqa: E402,F401  (runtime tuning)
+from timing import interleaved  # noqa: E402
 from pipeline.core.env import set_threads  # noqa: E402
 from pipeline.model.embed import to_input  # noqa: E402
 from pipeline.model.encoder import build_encoder  # noqa: E402
@@ -65,15 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         px, drop = parse_shape(text)
         rows[f"{px} px, blocks left out {list(drop)}"] = student(px, drop)
     load_before = os.getloadavg()
-    for fn in rows.values():
-        fn()
-    rates: dict[str, list[float]] = {k: [] for k in rows}
-    for _ in range(args.rounds):
-        for k, fn in rows.items():
-            t0 = time.perf_counter()
-            fn()
-            rates[k].append(N / (time.perf_counter() - t0))
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = {k: N / t for k, t in interleaved(rows, args.rounds).items()}
     teacher_rate = med["teacher (SFace adapter)"]
     print(json.dumps({"threads": threads, "load_before": load_before, "load_after": os.getloadavg(),
                       "images_per_s": {k: round(v, 1) for k, v in med.items()},

@@ -68,6 +68,9 @@ class ModelConfig:
     stem_stride: int = 2  # with inherit: 2 halves every feature map after the stem (~4x fewer multiply-adds)
     drop_blocks: tuple[int, ...] = ()  # with inherit: which of SFace's 512-wide blocks (6..10) to leave out
     freeze_blocks: int = 0  # with inherit: the last N blocks keep the teacher's weights (not trained)
+    # with inherit: one rank per SFace block (13, 0 = full): its 1x1 convolution becomes two thinner ones
+    # (C_in -> r -> C_out) started from the teacher's weight factored on training faces (pipeline/model/inherit.py)
+    pw_ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,38 @@ def member_shares(cfg: Config) -> list[float]:
     return shares
 
 
+#: SFace's block widths (conv_2 .. conv_14, output channels); a block's input is the previous one's (the stem's 32).
+#: Here, not in pipeline/model/inherit.py, so that a bad model.pw_ranks fails when the config is read.
+SFACE_WIDTHS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+
+
+def pw_widths(block: int) -> tuple[int, int]:
+    """(input, output) channels of SFace block ``block``'s pointwise convolution (0-based, conv_2 = 0)."""
+    return (32 if block == 0 else SFACE_WIDTHS[block - 1]), SFACE_WIDTHS[block]
+
+
+def check_pw_ranks(pw_ranks: Sequence[int], drop_blocks: Sequence[int] = ()) -> None:
+    """``pw_ranks``: empty, or one rank per SFace block (13; 0 = the full convolution). A rank must make the block
+    cheaper (r * (C_in + C_out) < C_in * C_out), and a left-out block's must be 0.
+
+    Raises:
+        ConfigError: naming the block and the ranks it takes.
+    """
+    if not pw_ranks:
+        return
+    if len(pw_ranks) != len(SFACE_WIDTHS):
+        raise ConfigError(f"model.pw_ranks needs one rank per SFace block ({len(SFACE_WIDTHS)}; 0 = full), got "
+                          f"{len(pw_ranks)}: {list(pw_ranks)}")
+    for i, r in enumerate(pw_ranks):
+        cin, cout = pw_widths(i)
+        most = (cin * cout - 1) // (cin + cout)
+        if r < 0 or r > most:
+            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} ({cin} -> {cout} channels) takes a rank in "
+                              f"[1, {most}] (fewer multiply-adds than the full convolution) or 0 (full)")
+        if r and i in drop_blocks:
+            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} is left out (model.drop_blocks); its rank must be 0")
+
+
 def validate(cfg: Config) -> None:
     """Range checks that dataclass types cannot express."""
     checks = [
@@ -320,6 +355,8 @@ def validate(cfg: Config) -> None:
          "model.stem_stride, model.drop_blocks and model.freeze_blocks act on SFace's architecture: they need "
          f"model.inherit='sface' (got stem_stride={mc.stem_stride}, drop_blocks={list(mc.drop_blocks)}, "
          f"freeze_blocks={mc.freeze_blocks}; without inheriting, set model.stem_stride=1 and leave the others out)"),
+        (not any(mc.pw_ranks) or mc.inherit, f"model.pw_ranks={list(mc.pw_ranks)} factors SFace's convolutions: it needs "
+         "model.inherit='sface'"),
         (0 <= mc.freeze_blocks <= 13 - len(mc.drop_blocks),
          f"model.freeze_blocks={mc.freeze_blocks} must be in [0, {13 - len(mc.drop_blocks)}] (the student's blocks)"),
     ]
@@ -348,6 +385,7 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    check_pw_ranks(mc.pw_ranks, mc.drop_blocks)
 
 
 def teacher_views_per_image(cfg: Config) -> int:

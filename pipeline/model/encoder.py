@@ -150,7 +150,7 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         head: ``gap`` (pooled features) or ``flatten`` (spatial feature map; needs ``input_px``).
         input_px: the square input size the ``flatten`` head is built for.
         dropout: dropout before the ``flatten`` head's Linear layer.
-        arch: ``{"shape": "sface", "stem_stride": s, "drop_blocks": [...]}`` reshapes a ``mobilenetv1_100`` as the
+        arch: ``{"shape": "sface", "stem_stride": s, "drop_blocks": [...], "pw_ranks": [...]}`` reshapes a ``mobilenetv1_100`` as the
             SFace teacher (`pipeline.model.inherit.shape_student`); model.json keeps it as ``arch``.
     Raises:
         ConfigError: unknown backbone (the message lists close matches).
@@ -183,7 +183,8 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         if arch.get("shape") != "sface":
             raise ConfigError(f"unknown architecture shape {arch.get('shape')!r}; known: ['sface']")
         shape_student(net, stem_stride=int(arch.get("stem_stride", 1)),
-                      drop_blocks=tuple(int(b) for b in arch.get("drop_blocks", ())))
+                      drop_blocks=tuple(int(b) for b in arch.get("drop_blocks", ())),
+                      pw_ranks=tuple(int(r) for r in arch.get("pw_ranks", ())))
     # with num_classes=0 some models (MobileNetV3, GhostNet, LCNet) end in a conv head wider than
     # ``num_features``: timm names the pooled width ``head_hidden_size`` there
     num_features = int(getattr(net, "head_hidden_size", None) or getattr(net, "num_features"))

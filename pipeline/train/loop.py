@@ -22,10 +22,12 @@ from torch import nn
 from pipeline.core.config import Config, member_shares, to_dict
 from pipeline.core.env import autocast_dtype, resolve_device, set_threads
 from pipeline.core.errors import ConfigError
+from pipeline.data.images import center_crop_resize
 from pipeline.data.splits import identity_hashes
 from pipeline.evaluate.calibration import achieved_far, calibrate_thresholds
 from pipeline.evaluate.protocol import evaluate_encoder
 from pipeline.model.artifacts import preprocessing_dict, save_model
+from pipeline.model.embed import to_input
 from pipeline.model.inherit import freeze_tail, inherit_sface, inherited_from, model_arch
 from pipeline.model.encoder import (
     EnsembleEncoder,
@@ -165,6 +167,18 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     return TrainResult(out, meta, steps, epochs, seconds, best if not single else members[0].best_auc)
 
 
+CALIB_FACES = 512  # training faces that factor the pointwise convolutions (model.pw_ranks); ~3 s on 2 cores
+
+
+def calibration_faces(cfg: Config, images: np.ndarray, seed: int, n: int = CALIB_FACES) -> torch.Tensor:
+    """A seeded sample of ``n`` training faces as model input (central crop, no augmentation): what
+    `pipeline.model.inherit.factor_pointwise` measures the teacher's layers on. Training faces only: dev and
+    validation people are never in ``images``."""
+    pick = np.sort(np.random.default_rng([seed, 15]).permutation(len(images))[:n])
+    faces = np.stack([center_crop_resize(images[i], cfg.data.crop_fraction, cfg.data.image_size_px) for i in pick])
+    return to_input(faces)
+
+
 def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str, view: float,
                   member: tuple[int, int], budget_s: float, resume: bool,
                   on_step: Callable[[dict[str, Any]], None] | None) -> _Member:
@@ -183,7 +197,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     resuming = resume and ckpt.has_checkpoint(ckpt_dir)
     if cfg.model.inherit and (not resuming or cfg.train.anchor_decay > 0):
         # a resumed run loads its weights from the checkpoint below; it needs the teacher's only as the anchor's start
-        inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks))
+        inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks),
+                      calib=calibration_faces(cfg, data.images, seed) if any(cfg.model.pw_ranks) else None)
     if cfg.model.freeze_blocks:
         log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
     loss_fn = build_loss(cfg, len(data.class_names))
