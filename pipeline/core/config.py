@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.loader import apply_overrides, build_dataclass, read_toml
+from pipeline.core.sface_shape import check_pw_ranks
 
 T = TypeVar("T")
 
@@ -261,38 +262,6 @@ def member_shares(cfg: Config) -> list[float]:
     if not shares or (len(shares) != n and cfg.train.member_shares == TrainConfig.member_shares):
         return [1.0] * n
     return shares
-
-
-#: SFace's block widths (conv_2 .. conv_14, output channels); a block's input is the previous one's (the stem's 32).
-#: Here, not in pipeline/model/inherit.py, so that a bad model.pw_ranks fails when the config is read.
-SFACE_WIDTHS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
-
-
-def pw_widths(block: int) -> tuple[int, int]:
-    """(input, output) channels of SFace block ``block``'s pointwise convolution (0-based, conv_2 = 0)."""
-    return (32 if block == 0 else SFACE_WIDTHS[block - 1]), SFACE_WIDTHS[block]
-
-
-def check_pw_ranks(pw_ranks: Sequence[int], drop_blocks: Sequence[int] = ()) -> None:
-    """``pw_ranks``: empty, or one rank per SFace block (13; 0 = the full convolution). A rank must make the block
-    cheaper (r * (C_in + C_out) < C_in * C_out), and a left-out block's must be 0.
-
-    Raises:
-        ConfigError: naming the block and the ranks it takes.
-    """
-    if not pw_ranks:
-        return
-    if len(pw_ranks) != len(SFACE_WIDTHS):
-        raise ConfigError(f"model.pw_ranks needs one rank per SFace block ({len(SFACE_WIDTHS)}; 0 = full), got "
-                          f"{len(pw_ranks)}: {list(pw_ranks)}")
-    for i, r in enumerate(pw_ranks):
-        cin, cout = pw_widths(i)
-        most = (cin * cout - 1) // (cin + cout)
-        if r < 0 or r > most:
-            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} ({cin} -> {cout} channels) takes a rank in "
-                              f"[1, {most}] (fewer multiply-adds than the full convolution) or 0 (full)")
-        if r and i in drop_blocks:
-            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} is left out (model.drop_blocks); its rank must be 0")
 
 
 def validate(cfg: Config) -> None:

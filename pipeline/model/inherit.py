@@ -14,8 +14,9 @@ only has to teach it the changes that make it faster:
 * ``pw_ranks``: pointwise (1x1) convolutions replaced by two thinner ones (C_in -> r -> C_out, no nonlinearity
   between), started from the rank-r factorisation of the teacher's weight that best keeps what the next
   BatchNorm sees on real faces (:func:`factor_pointwise`). Unlike dropping a block, every layer of the teacher
-  stays: the untrained student starts near the full-rank one (session 15: dev AUC 0.857 at 69 million multiply-adds
-  against 0.882 for the full 148 million, where leaving blocks 6-10 out starts at 0.775 with 83 million).
+  stays: the untrained student starts near the full-rank one (``bench/factor_probe.py``, session 15: dev AUC 0.854
+  at 71 million multiply-adds against 0.882 for the full 150 million, where leaving blocks 6-10 out starts at 0.775
+  with 85 million).
 
 When the last feature map is not 7x7, the Linear layer's weights are resampled to the new grid (area
 interpolation, scaled so that a uniform feature map gives the same output).
@@ -36,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.config import check_pw_ranks
+from pipeline.core.sface_shape import SFACE_WIDTHS, check_pw_ranks
 from pipeline.core.errors import ConfigError, ModelArtifactError
 
 log = logging.getLogger(__name__)
 
 #: the block names of the SFace graph in order (conv_2 .. conv_14), i.e. timm's blocks flattened
-_N_BLOCKS = 13
+_N_BLOCKS = len(SFACE_WIDTHS)
 #: flattened index (0-based, over timm's blocks) of the 512-wide blocks that keep their width: conv_8..conv_12
 DROPPABLE = (6, 7, 8, 9, 10)
 #: SFace's input scaling: (x - 127.5) * 0.0078125 on 0..255 RGB; ours is (x / 255 - 0.5) / 0.5
@@ -160,9 +161,9 @@ def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[in
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eps = _BLOCK_EPS
     check_pw_ranks(pw_ranks, drop_blocks)
-    for i, r in enumerate(pw_ranks):  # before dropping: the flattened index is SFace's block index here
+    blocks = [b for stage in net.blocks for b in stage]  # before dropping: the flattened index is SFace's block index
+    for blk, r in zip(blocks, pw_ranks):
         if r:
-            blk = [b for stage in net.blocks for b in stage][i]
             blk.conv_pw = low_rank_pw(blk.conv_pw.in_channels, blk.conv_pw.out_channels, r)
     if drop_blocks:
         stage = net.blocks[3]  # the 512-wide stage: flattened blocks 5..10, block 5 widens 256 -> 512

@@ -167,7 +167,7 @@ def train(cfg: Config, data: TrainingData, out_dir: str | Path, *, resume: bool 
     return TrainResult(out, meta, steps, epochs, seconds, best if not single else members[0].best_auc)
 
 
-CALIB_FACES = 512  # training faces that factor the pointwise convolutions (model.pw_ranks); ~3 s on 2 cores
+CALIB_FACES = 512  # training faces that factor the pointwise convolutions (model.pw_ranks); bench/factor_time.py
 
 
 def calibration_faces(cfg: Config, images: np.ndarray, seed: int, n: int = CALIB_FACES) -> torch.Tensor:

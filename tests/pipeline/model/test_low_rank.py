@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.core.config import load_config, pw_widths
+from pipeline.core.config import load_config
+from pipeline.core.sface_shape import pw_widths
 from pipeline.core.errors import ConfigError
 from pipeline.model import runtime
 from pipeline.model.artifacts import load_model, save_model
@@ -18,7 +19,7 @@ from pipeline.model.embed import embed_array, to_input
 from pipeline.model.encoder import build_encoder
 from pipeline.model.inherit import factor_pointwise, inherit_sface, low_rank_pw
 
-#: the ranks session 15 trained (69 million multiply-adds at 112 px, against 148 million)
+#: the ranks session 15 trained (71 million multiply-adds at 112 px, against 150 million; bench/factor_probe.py)
 RANKS = [0, 0, 32, 48, 64, 96, 80, 80, 80, 80, 80, 160, 160]
 
 
