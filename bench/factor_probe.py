@@ -1,22 +1,27 @@
 """Untrained SFace-shaped students: where each starts (dev-pair AUC) and how fast it runs in OpenCV DNN.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/factor_probe.py --data ../shared/data \\
-        --out bench/results/factor_probe_session15.json
+        --out bench/results/factor_probe_session16.json
 
 A student that starts near the teacher has less to learn in the training budget. Each shape (stem at stride 2,
 112 px) is built with SFace's inherited weights (`pipeline.model.inherit`): blocks left out (``drop``) and/or
-pointwise convolutions factored (``ranks``, one per SFace block, 0 = full) on 512 LFW faces of people outside the
-dev folds (the product factors on training faces, `pipeline.train.loop.calibration_faces`). Reported per shape:
+pointwise convolutions factored (``ranks``, one per SFace block, 0 = full; every layer on the full network's
+inputs as the product does, or in sequence with ``"sequential": true``) on 512 LFW faces of people
+outside the dev folds (the product factors on training faces, `pipeline.train.loop.calibration_faces`). Per shape:
 
-* ``start``: ROC AUC and best accuracy on the dev pairs (folds 6-7 of the pairs file, 1,200 pairs), no training;
+* ``start``: ROC AUC and best accuracy on the dev pairs (folds 6-7 of the pairs file, 1,200 pairs), no training,
+  with the teacher's BatchNorm statistics; and the AUC once they are re-estimated on the calibration faces
+  (``start_dev_auc_batch_statistics``: training runs on batch statistics and moves the running ones there);
 * ``speed``: images/s in OpenCV DNN (BatchNorm folded, exported the product's way, batches of 32) against the
   teacher's adapter (OpenCV DNN, batches of 16) on 512 of the same aligned faces, both on one thread per core,
-  rows interleaved, median of ``--rounds``; the largest torch-vs-OpenCV embedding difference.
+  rows interleaved, median of ``--rounds``; the largest torch-vs-OpenCV embedding difference;
+* ``factored_norm_vs_teacher_max``: the largest || A B || / || W || over the factored layers (W: the teacher's).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -42,15 +47,19 @@ from pipeline.model.fold import inference_copy  # noqa: E402
 from pipeline.model.runtime import OpenCVRunner, export_onnx  # noqa: E402
 from pipeline.model.teachers import create_teacher  # noqa: E402
 
-#: the shapes session 15 compared: the default (all blocks, full rank), blocks 6-10 left out (session 14), and
-#: factorisations from mild to strong
+#: the shapes session 16 compared: the default (all blocks, full rank), blocks 6-10 left out (session 14), and
+#: factorisations from strong to mild; ranks M and F also factored in sequence (`factor_pointwise`'s option)
 SHAPES = [
     {"name": "full"},
     {"name": "drop 6-10", "drop": [6, 7, 8, 9, 10]},
-    {"name": "ranks A", "ranks": [0, 0, 32, 0, 64, 0, 128, 128, 128, 128, 128, 0, 256]},
-    {"name": "ranks E", "ranks": [0, 0, 32, 48, 64, 96, 96, 96, 96, 96, 96, 192, 192]},
     {"name": "ranks M (trained, session 15)", "ranks": [0, 0, 32, 48, 64, 96, 80, 80, 80, 80, 80, 160, 160]},
-    {"name": "ranks I", "ranks": [0, 0, 32, 48, 64, 96, 64, 64, 64, 64, 64, 128, 128]},
+    {"name": "ranks M, in sequence", "ranks": [0, 0, 32, 48, 64, 96, 80, 80, 80, 80, 80, 160, 160],
+     "sequential": True},
+    {"name": "ranks E", "ranks": [0, 0, 32, 48, 64, 96, 96, 96, 96, 96, 96, 192, 192]},
+    {"name": "ranks F (trained, session 16)", "ranks": [0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192]},
+    {"name": "ranks F, in sequence", "ranks": [0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192], "sequential": True},
+    {"name": "ranks H", "ranks": [0, 0, 32, 48, 64, 96, 128, 128, 128, 128, 128, 256, 256]},
+    {"name": "ranks A", "ranks": [0, 0, 32, 0, 64, 0, 128, 128, 128, 128, 128, 0, 256]},
 ]
 PX, CALIB, BATCH = 112, 512, 32
 
@@ -77,18 +86,44 @@ def conv_macs(enc: nn.Module, px: int) -> float:
 def build(shape: dict, calib: torch.Tensor) -> nn.Module:
     from pipeline.model.inherit import inherit_sface
 
+    from pipeline.model.inherit import factor_pointwise
+
     drop, ranks = list(shape.get("drop", [])), list(shape.get("ranks", []))
-    arch = {"shape": "sface", "stem_stride": 2, "drop_blocks": drop, **({"pw_ranks": ranks} if any(ranks) else {})}
+    sequential = bool(shape.get("sequential")) and any(ranks)  # each layer on the factored layers' outputs
+    arch = {"shape": "sface", "stem_stride": 2, "drop_blocks": drop,
+            **({"pw_ranks": ranks} if any(ranks) and not sequential else {})}
     enc = build_encoder("mobilenetv1_100", 128, head="flatten", input_px=PX, arch=arch)
     inherit_sface(enc, drop_blocks=tuple(drop), calib=calib)
+    if sequential:
+        kept = [i for i in range(len(ranks)) if i not in drop]
+        factor_pointwise(enc, [(b, ranks[i]) for b, i in zip(_blocks(enc), kept) if ranks[i]], calib, sequential=True)
+    return enc.eval()
+
+
+def _blocks(enc: nn.Module) -> list[nn.Module]:
+    return [b for stage in enc.backbone.blocks for b in stage]
+
+
+@torch.no_grad()
+def batch_statistics(enc: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """A copy whose BatchNorm statistics are re-estimated on the calibration faces (what training's first steps
+    move them to: the teacher's statistics were measured at stem stride 1)."""
+    enc = copy.deepcopy(enc)
+    bns = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    enc.train()
+    for s in range(0, len(calib), 64):
+        enc(calib[s: s + 64])
     return enc.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="folder with lfw/ and lfw_pairs_dev.txt")
-    ap.add_argument("--shapes", help="JSON list of {name, drop?, ranks?}; default: the session-15 list")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shapes", help="JSON list of {name, drop?, ranks?, sequential?}; default: the session-16 list")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds; 0: start AUCs only")
     ap.add_argument("--threads", type=int, default=0, help="default: one per core")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -112,12 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     xd = to_input(dev_faces.images)
 
     results, runners = [], {}
-    for shape in shapes:
-        enc = build(shape, calib)
+    labels = np.array([bool(s) for _, _, s in both])
+
+    def dev_auc(enc: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             e = nn.functional.normalize(torch.cat([enc(xd[s: s + 64]) for s in range(0, len(xd), 64)]), dim=1).numpy()
-        scores = np.array([float(e[i] @ e[j]) for i, j, _ in both])
-        labels = np.array([bool(s) for _, _, s in both])
+        return e, np.array([float(e[i] @ e[j]) for i, j, _ in both])
+
+    teacher_pw = [b.conv_pw.weight[:, :, 0, 0] for b in _blocks(build({"name": "full"}, calib))]
+    for shape in shapes:
+        enc = build(shape, calib)
+        e, scores = dev_auc(enc)
+        scores_bs = dev_auc(batch_statistics(enc, calib))[1]
+        kept = [i for i in range(len(teacher_pw)) if i not in shape.get("drop", [])]
+        with torch.no_grad():
+            growth = [float(torch.linalg.norm(b.conv_pw[1].weight[:, :, 0, 0] @ b.conv_pw[0].weight[:, :, 0, 0])
+                            / torch.linalg.norm(teacher_pw[i])) for b, i in zip(_blocks(enc), kept)
+                      if isinstance(b.conv_pw, nn.Sequential)]
         x = xd[:512].contiguous()
         runner = OpenCVRunner(export_onnx(inference_copy(enc, x[:4]), x[:4]))
         got = nn.functional.normalize(runner(x[:64]), dim=1).numpy()
@@ -125,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append({**shape, "conv_linear_mmacs": round(conv_macs(enc, PX), 1),
                         "start_dev_auc": round(roc_auc(scores, labels), 4),
                         "start_dev_accuracy": round(best_accuracy_threshold(scores, labels)[1], 4),
+                        "start_dev_auc_batch_statistics": round(roc_auc(scores_bs, labels), 4),
+                        "factored_norm_vs_teacher_max": round(max(growth), 2) if growth else None,
                         "opencv_vs_torch_max_diff": float(np.abs(got - e[:64]).max())})
         print(json.dumps(results[-1]), flush=True)
 
+    if args.rounds == 0:  # start AUCs only
+        return 0
     teacher = create_teacher("sface")
     crops = dev_faces.images[:512]
     x = xd[:512].contiguous()

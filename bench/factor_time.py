@@ -2,7 +2,8 @@
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/factor_time.py
 
-`pipeline.model.inherit.inherit_sface` on a 112 px, stem-stride-2 student: full rank, then session 15's ranks with
+`pipeline.model.inherit.inherit_sface` on a 112 px, stem-stride-2 student: full rank, then ranks M (11 layers
+factored, session 15) and ranks F (7 layers, session 16) as the product factors them, on
 `pipeline.train.loop.CALIB_FACES` calibration faces (random pixels: the cost does not depend on what they show).
 torch on one thread per core; median of ``--runs``. Paid once per training run, before its budget's first step.
 """
@@ -27,7 +28,8 @@ from pipeline.model.encoder import build_encoder  # noqa: E402
 from pipeline.model.inherit import inherit_sface  # noqa: E402
 from pipeline.train.loop import CALIB_FACES  # noqa: E402
 
-RANKS = [0, 0, 32, 48, 64, 96, 80, 80, 80, 80, 80, 160, 160]
+RANKS = {"ranks M": [0, 0, 32, 48, 64, 96, 80, 80, 80, 80, 80, 160, 160],
+         "ranks F": [0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_threads(len(os.sched_getaffinity(0)))
     calib = to_input(np.random.default_rng(0).integers(0, 256, (CALIB_FACES, 112, 112, 3), dtype=np.uint8))
-    rows = {"full rank": ({}, None), "session 15's ranks": ({"pw_ranks": RANKS}, calib)}
+    rows = {"full rank": ({}, None), **{name: ({"pw_ranks": r}, calib) for name, r in RANKS.items()}}
     out = {"load_before": os.getloadavg()}
     for name, (extra, faces) in rows.items():
         times = []

@@ -14,9 +14,7 @@ only has to teach it the changes that make it faster:
 * ``pw_ranks``: pointwise (1x1) convolutions replaced by two thinner ones (C_in -> r -> C_out, no nonlinearity
   between), started from the rank-r factorisation of the teacher's weight that best keeps what the next
   BatchNorm sees on real faces (:func:`factor_pointwise`). Unlike dropping a block, every layer of the teacher
-  stays: the untrained student starts near the full-rank one (``bench/factor_probe.py``, session 15: dev AUC 0.854
-  at 71 million multiply-adds against 0.882 for the full 150 million, where leaving blocks 6-10 out starts at 0.775
-  with 85 million).
+  stays: the untrained student starts near the full-rank one (``bench/factor_probe.py``).
 
 When the last feature map is not 7x7, the Linear layer's weights are resampled to the new grid (area
 interpolation, scaled so that a uniform feature map gives the same output).
@@ -28,6 +26,7 @@ dropped, the student reproduces the teacher (cosine >= 0.999 on real faces; ``te
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -237,54 +236,120 @@ def inherit_sface(encoder: nn.Module, *, drop_blocks: tuple[int, ...] = (), cali
              len(factored), h, wd)
 
 
-@torch.no_grad()
-def factor_pointwise(encoder: nn.Module, factored: list[tuple[nn.Module, int]], calib: torch.Tensor,
-                     batch: int = 64) -> list[float]:
-    """Replace each listed block's full 1x1 convolution W by two, B (C_in -> r) then A (r -> C_out), chosen to
-    minimise ``|| D (W - A B) X ||`` over the calibration faces ``calib``: X is what the convolution receives on
-    them and D the scale of the BatchNorm that follows (what the block's output actually carries).
+#: ridge on the input moments, relative to their mean eigenvalue: in directions the calibration faces barely
+#: visit, the factors stay near the teacher's weight (exact at full rank even when S is singular)
+_RIDGE = 1e-5
 
-    With S = X X^T / n = L L^T, that is the best rank-r approximation of D W L (its SVD, Eckart-Young), mapped back:
-    A B = D^-1 (D W L)_r L^-1. All covariances are measured in one pass of the full-rank network. Returns the share of
-    D W L's energy each factorisation keeps (logged).
-    """
-    was = encoder.training
-    encoder.eval()
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the layer being measured has its input."""
+
+
+def _layer_moments(net: nn.Module, conv: nn.Module, calib: torch.Tensor, batch: int,
+                   ref: tuple[nn.Module, nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over the calibration faces: S = E[x x^T] of what ``conv`` receives in ``net``, and C = E[x_ref x^T] with what
+    the same layer of the reference network receives (C = S without one). Forward passes stop at the layer."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, inp: tuple) -> None:
+        x = inp[0].detach().double()
+        seen.append(x.transpose(0, 1).reshape(x.shape[1], -1))
+        raise _Reached
+
+    def run(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = layer.register_forward_pre_hook(hook)
+        try:
+            model(x)
+        except _Reached:
+            pass
+        finally:
+            h.remove()
+        return seen.pop()
+
+    s = c = None
+    n = 0
+    for i in range(0, len(calib), batch):
+        x = run(net, conv, calib[i: i + batch])
+        xr = run(ref[0], ref[1], calib[i: i + batch]) if ref else x
+        s = x @ x.T if s is None else s + x @ x.T
+        c = xr @ x.T if c is None else c + xr @ x.T
+        n += x.shape[1]
+    return s / n, c / n
+
+
+def _input_moments(net: nn.Module, convs: list[nn.Module], calib: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """S = E[x x^T] of what each of ``convs`` receives in ``net`` over the calibration faces, in one pass."""
     sums: dict[int, list] = {}
 
-    def hook(mod: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
+    def hook(mod: nn.Module, inp: tuple) -> None:
         x = inp[0].detach().double()
         xm = x.transpose(0, 1).reshape(x.shape[1], -1)
-        acc = sums.setdefault(id(mod), [torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64), 0])
-        acc[0] += xm @ xm.T
+        acc = sums.setdefault(id(mod), [0.0, 0])
+        acc[0] = acc[0] + xm @ xm.T
         acc[1] += xm.shape[1]
 
-    hooks = [blk.conv_pw.register_forward_hook(hook) for blk, _ in factored]
+    hooks = [c.register_forward_pre_hook(hook) for c in convs]
     try:
-        for s in range(0, len(calib), batch):
-            encoder(calib[s: s + batch])
+        for i in range(0, len(calib), batch):
+            net(calib[i: i + batch])
     finally:
         for h in hooks:
             h.remove()
+    return [sums[id(c)][0] / sums[id(c)][1] for c in convs]
+
+
+@torch.no_grad()
+def factor_pointwise(encoder: nn.Module, factored: list[tuple[nn.Module, int]], calib: torch.Tensor,
+                     batch: int = 64, sequential: bool = False) -> list[float]:
+    """Replace each listed block's full 1x1 convolution W by two, B (C_in -> r) then A (r -> C_out), chosen so that
+    the BatchNorm after it (scale D) sees on the calibration faces ``calib`` what it sees in the full-rank network.
+
+    With X what the layer receives in the full-rank network, the factors minimise ``|| D (W - A B) X ||``: with
+    S = X X^T / n = L L^T that is the best rank-r approximation of M = D W L (one SVD, Eckart-Young), mapped back:
+    A B = D^-1 M_r L^-1. A small ridge (`_RIDGE`) is added to S.
+
+    ``sequential`` factors the layers in network order instead, each on the inputs X_s that the already-factored
+    layers before it produce, minimising ``|| D W X - D A B X_s ||`` (a reduced-rank regression, as GPTQ does for
+    quantisation: M = D W C L_s^-T with C = X X_s^T / n, S = X_s X_s^T / n). Measured in session 16 and not the
+    default: its untrained student scores higher under the teacher's BatchNorm statistics, but its factors are
+    larger (they undo earlier errors through low-variance directions) and training, on batch statistics, learns
+    less from it (docs/training.md, "Session 16").
+    Returns the share of M's energy each factorisation keeps (logged).
+    """
+    was = encoder.training
+    encoder.eval()
+    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    factored = sorted(factored, key=lambda br: blocks.index(br[0]))
+    if sequential:
+        reference = copy.deepcopy(encoder)  # stays full-rank
+        ref_blocks = [blk for stage in reference.backbone.blocks for blk in stage]
+    else:  # every layer's input moments in one pass of the full-rank network, before any layer changes
+        moments = _input_moments(encoder, [blk.conv_pw for blk, _ in factored], calib, batch)
     kept = []
-    for blk, rank in factored:
+    for k, (blk, rank) in enumerate(factored):
         conv: nn.Conv2d = blk.conv_pw
-        total, n = sums[id(conv)]
-        evals, evecs = torch.linalg.eigh(total / n)
-        evals = evals.clamp_min(float(evals.max()) * 1e-8)
-        root, root_inv = evecs * evals.sqrt(), (evecs / evals.sqrt()).T  # S = root root^T
+        if sequential:
+            ref = (reference, ref_blocks[blocks.index(blk)].conv_pw) if k else None
+            s, c = _layer_moments(encoder, conv, calib, batch, ref)
+        else:
+            ref, s, c = None, moments[k], moments[k]
+        ridge = _RIDGE * float(torch.trace(s)) / len(s) * torch.eye(len(s), dtype=s.dtype)
+        evals, evecs = torch.linalg.eigh(s + ridge)
+        root_inv_t = evecs / evals.sqrt()  # L^-T, with L = evecs diag(sqrt(evals))
         bn = blk.bn2
         d = (bn.weight / (bn.running_var + bn.eps).sqrt()).double().abs().clamp_min(1e-8)
-        u, sv, vt = torch.linalg.svd(d[:, None] * conv.weight[:, :, 0, 0].double() @ root, full_matrices=False)
+        dw = d[:, None] * conv.weight[:, :, 0, 0].double()
+        m = dw @ (c + ridge) @ root_inv_t if ref else dw @ (evecs * evals.sqrt())
+        u, sv, vt = torch.linalg.svd(m, full_matrices=False)
         a = (u[:, :rank] * sv[:rank].sqrt()) / d[:, None]
-        b = (sv[:rank].sqrt()[:, None] * vt[:rank]) @ root_inv
+        b = (sv[:rank].sqrt()[:, None] * vt[:rank]) @ root_inv_t.T
         pw = low_rank_pw(conv.in_channels, conv.out_channels, rank)
         pw[0].weight.copy_(b.float()[:, :, None, None])
         pw[1].weight.copy_(a.float()[:, :, None, None])
         blk.conv_pw = pw.to(conv.weight.device)
         kept.append(float((sv[:rank] ** 2).sum() / (sv**2).sum()))
-    log.info("pointwise convolutions factored: ranks %s keep %s of their energy", [r for _, r in factored],
-             [round(k, 3) for k in kept])
+    log.info("pointwise convolutions factored%s: ranks %s keep %s of their energy", " in sequence" * sequential,
+             [r for _, r in factored], [round(k, 3) for k in kept])
     encoder.train(was)
     return kept
 
