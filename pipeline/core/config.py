@@ -324,8 +324,8 @@ def validate(cfg: Config) -> None:
          "model.stem_stride, model.drop_blocks and model.freeze_blocks act on SFace's architecture: they need "
          f"model.inherit='sface' (got stem_stride={mc.stem_stride}, drop_blocks={list(mc.drop_blocks)}, "
          f"freeze_blocks={mc.freeze_blocks}; without inheriting, set model.stem_stride=1 and leave the others out)"),
-        (not any(mc.pw_ranks) or mc.inherit, f"model.pw_ranks={list(mc.pw_ranks)} factors SFace's convolutions: it needs "
-         "model.inherit='sface'"),
+        (not any(mc.pw_ranks) or mc.inherit,
+         f"model.pw_ranks={list(mc.pw_ranks)} factors SFace's convolutions: it needs model.inherit='sface'"),
         (0 <= mc.freeze_blocks <= 13 - len(mc.drop_blocks),
          f"model.freeze_blocks={mc.freeze_blocks} must be in [0, {13 - len(mc.drop_blocks)}] (the student's blocks)"),
     ]

@@ -150,8 +150,9 @@ def build_encoder(backbone: str, embedding_dim: int, *, pretrained: bool = False
         head: ``gap`` (pooled features) or ``flatten`` (spatial feature map; needs ``input_px``).
         input_px: the square input size the ``flatten`` head is built for.
         dropout: dropout before the ``flatten`` head's Linear layer.
-        arch: ``{"shape": "sface", "stem_stride": s, "drop_blocks": [...], "pw_ranks": [...]}`` reshapes a ``mobilenetv1_100`` as the
-            SFace teacher (`pipeline.model.inherit.shape_student`); model.json keeps it as ``arch``.
+        arch: ``{"shape": "sface", "stem_stride": s, "drop_blocks": [...], "pw_ranks": [...]}`` reshapes a
+            ``mobilenetv1_100`` as the SFace teacher (`pipeline.model.inherit.shape_student`); model.json keeps it
+            as ``arch``.
     Raises:
         ConfigError: unknown backbone (the message lists close matches).
         ModelArtifactError: the weights file is missing or does not fit the backbone.

@@ -241,61 +241,31 @@ def inherit_sface(encoder: nn.Module, *, drop_blocks: tuple[int, ...] = (), cali
 _RIDGE = 1e-5
 
 
-class _Reached(Exception):
-    """Raised by a hook to end a forward pass once the layer being measured has its input."""
-
-
-def _layer_moments(net: nn.Module, conv: nn.Module, calib: torch.Tensor, batch: int,
-                   ref: tuple[nn.Module, nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Over the calibration faces: S = E[x x^T] of what ``conv`` receives in ``net``, and C = E[x_ref x^T] with what
-    the same layer of the reference network receives (C = S without one). Forward passes stop at the layer."""
-    seen: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, inp: tuple) -> None:
-        x = inp[0].detach().double()
-        seen.append(x.transpose(0, 1).reshape(x.shape[1], -1))
-        raise _Reached
-
-    def run(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        h = layer.register_forward_pre_hook(hook)
-        try:
-            model(x)
-        except _Reached:
-            pass
-        finally:
-            h.remove()
-        return seen.pop()
-
-    s = c = None
-    n = 0
-    for i in range(0, len(calib), batch):
-        x = run(net, conv, calib[i: i + batch])
-        xr = run(ref[0], ref[1], calib[i: i + batch]) if ref else x
-        s = x @ x.T if s is None else s + x @ x.T
-        c = xr @ x.T if c is None else c + xr @ x.T
-        n += x.shape[1]
-    return s / n, c / n
-
-
-def _input_moments(net: nn.Module, convs: list[nn.Module], calib: torch.Tensor, batch: int) -> list[torch.Tensor]:
-    """S = E[x x^T] of what each of ``convs`` receives in ``net`` over the calibration faces, in one pass."""
-    sums: dict[int, list] = {}
+def _input_moments(net: nn.Module, convs: list[nn.Module], calib: torch.Tensor, batch: int,
+                   ref: tuple[nn.Module, nn.Module] | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Over the calibration faces, in one pass: S = E[x x^T] of what each of ``convs`` receives in ``net``; with
+    ``ref`` = (a network, its layer matching ``convs[0]``), also C = E[x_ref x^T] (else None)."""
+    seen: dict[int, torch.Tensor] = {}
 
     def hook(mod: nn.Module, inp: tuple) -> None:
         x = inp[0].detach().double()
-        xm = x.transpose(0, 1).reshape(x.shape[1], -1)
-        acc = sums.setdefault(id(mod), [0.0, 0])
-        acc[0] = acc[0] + xm @ xm.T
-        acc[1] += xm.shape[1]
+        seen[id(mod)] = x.transpose(0, 1).reshape(x.shape[1], -1)
 
-    hooks = [c.register_forward_pre_hook(hook) for c in convs]
+    hooks = [c.register_forward_pre_hook(hook) for c in [*convs, *([ref[1]] if ref else [])]]
+    sums: list = [0.0] * len(convs)
+    cross, n = 0.0, 0
     try:
         for i in range(0, len(calib), batch):
             net(calib[i: i + batch])
+            if ref:
+                ref[0](calib[i: i + batch])
+                cross = cross + seen[id(ref[1])] @ seen[id(convs[0])].T
+            sums = [acc + seen[id(c)] @ seen[id(c)].T for acc, c in zip(sums, convs)]
+            n += seen[id(convs[0])].shape[1]
     finally:
         for h in hooks:
             h.remove()
-    return [sums[id(c)][0] / sums[id(c)][1] for c in convs]
+    return [acc / n for acc in sums], (cross / n if ref else None)
 
 
 @torch.no_grad()
@@ -324,22 +294,23 @@ def factor_pointwise(encoder: nn.Module, factored: list[tuple[nn.Module, int]], 
         reference = copy.deepcopy(encoder)  # stays full-rank
         ref_blocks = [blk for stage in reference.backbone.blocks for blk in stage]
     else:  # every layer's input moments in one pass of the full-rank network, before any layer changes
-        moments = _input_moments(encoder, [blk.conv_pw for blk, _ in factored], calib, batch)
+        moments = _input_moments(encoder, [blk.conv_pw for blk, _ in factored], calib, batch)[0]
     kept = []
     for k, (blk, rank) in enumerate(factored):
         conv: nn.Conv2d = blk.conv_pw
-        if sequential:
+        c = None  # C = S: the layer's inputs are the full network's
+        if not sequential:
+            s = moments[k]
+        else:  # the first factored layer's inputs are still the full network's
             ref = (reference, ref_blocks[blocks.index(blk)].conv_pw) if k else None
-            s, c = _layer_moments(encoder, conv, calib, batch, ref)
-        else:
-            ref, s, c = None, moments[k], moments[k]
+            (s,), c = _input_moments(encoder, [conv], calib, batch, ref)
         ridge = _RIDGE * float(torch.trace(s)) / len(s) * torch.eye(len(s), dtype=s.dtype)
         evals, evecs = torch.linalg.eigh(s + ridge)
         root_inv_t = evecs / evals.sqrt()  # L^-T, with L = evecs diag(sqrt(evals))
         bn = blk.bn2
         d = (bn.weight / (bn.running_var + bn.eps).sqrt()).double().abs().clamp_min(1e-8)
         dw = d[:, None] * conv.weight[:, :, 0, 0].double()
-        m = dw @ (c + ridge) @ root_inv_t if ref else dw @ (evecs * evals.sqrt())
+        m = dw @ (evecs * evals.sqrt()) if c is None else dw @ (c + ridge) @ root_inv_t
         u, sv, vt = torch.linalg.svd(m, full_matrices=False)
         a = (u[:, :rank] * sv[:rank].sqrt()) / d[:, None]
         b = (sv[:rank].sqrt()[:, None] * vt[:rank]) @ root_inv_t.T
