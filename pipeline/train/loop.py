@@ -45,6 +45,7 @@ from pipeline.train.recipe import (
     build_loss,
     build_sampler,
 )
+from pipeline.train.late_factoring import factor_trained, factored_before, full_rank_arch, is_late, reshape_factored
 from pipeline.train.schedule import AnchorPull, lr_at, update_ema
 from pipeline.train.teacher_targets import attach_teacher, centre_teacher
 
@@ -190,15 +191,19 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(device, cfg.train.amp)
 
+    late = is_late(cfg)  # full rank first, factored at train.factor_at of the schedule
     model = build_encoder(backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
                           input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view,
-                          arch=model_arch(cfg))
+                          arch=full_rank_arch(model_arch(cfg)) if late else model_arch(cfg))
     resuming = resume and ckpt.has_checkpoint(ckpt_dir)
+    factored = not late or (resuming and factored_before(ckpt_dir))
     if cfg.model.inherit and (not resuming or cfg.train.anchor_decay > 0):
         # a resumed run loads its weights from the checkpoint below; it needs the teacher's only as the anchor's start
         inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks),
-                      calib=calibration_faces(cfg, data.images, seed) if any(cfg.model.pw_ranks) else None)
+                      calib=calibration_faces(cfg, data.images, seed) if any(cfg.model.pw_ranks) and not late else None)
+    if late and factored:  # resumed after the switch: the checkpoint holds factored weights
+        reshape_factored(model, cfg)
     if cfg.model.freeze_blocks:
         log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
     loss_fn = build_loss(cfg, len(data.class_names))
@@ -211,8 +216,12 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     # what the checkpoint stores besides the model: loss parameters (+ distillation projection, weight average)
     losses = (loss_fn if distill is None else nn.ModuleDict({"metric": loss_fn, "distill": distill})).to(device)
     extra: nn.Module = losses if ema is None else nn.ModuleDict({"loss": losses, "ema": ema})
-    params = [p for p in model.parameters() if p.requires_grad] + list(losses.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    def optimiser() -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad] + list(losses.parameters())
+        return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    opt = optimiser()
     sampler = build_sampler(cfg, data.labels, seed) if distill is None else build_distillation_sampler(cfg, data, seed)
     teacher = None  # the target rows: the clean images' teacher embeddings, then the teacher views' (batches.Batch)
     if data.teacher is not None:
@@ -232,11 +241,11 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
             return _Member(model.eval(), step, step / steps_per_epoch, history, best_auc, False)
         log.info("resumed at step %d of %d (best val AUC %.4f)", step, total_steps, best_auc)
 
-    def evaluate_and_keep(done: bool = False) -> None:
+    def evaluate_and_keep(done: bool = False, **note: Any) -> None:
         nonlocal best_auc
         metrics, _ = evaluate_encoder(kept, data.val, cfg.eval.target_fars, cfg.eval.flip_tta)
         auc = metrics.get("pairs", metrics.get("all_pairs", {})).get("auc", 0.0)
-        history.append({"step": step, "val_auc": auc, "seconds": round(time.monotonic() - t0, 1)})
+        history.append({"step": step, "val_auc": auc, "seconds": round(time.monotonic() - t0, 1), **note})
         if auc > best_auc:
             best_auc = auc
             ckpt.save_best(ckpt_dir, kept)
@@ -246,12 +255,28 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     def save_state(done: bool) -> None:
         ckpt.save_checkpoint(ckpt_dir, model, extra, opt, {"step": step, "total_steps": total_steps,
                                                            "best_auc": best_auc, "history": history,
-                                                           "config": to_dict(cfg), "done": done})
+                                                           "config": to_dict(cfg), "done": done,
+                                                           "factored": factored})
+
+    def switch_to_factored() -> None:
+        # the trained weights that are evaluated are factored; the model to train restarts from them
+        nonlocal model, ema, kept, extra, opt, best_auc, factored
+        factor_trained(kept, cfg, calibration_faces(cfg, data.images, seed).to(device))
+        kept = kept.to(memory_format=memory_format)
+        if ema is not None:
+            ema, model = kept, copy.deepcopy(kept)
+            extra = nn.ModuleDict({"loss": losses, "ema": ema})
+        model = model.train()
+        kept = ema if ema is not None else model
+        opt, best_auc, factored = optimiser(), -1.0, True  # the saved best must have the factored shape
+        evaluate_and_keep(factored=True)
+        log.info("step %d: 1x1 convolutions factored to ranks %s", step, list(cfg.model.pw_ranks))
 
     max_steps = cfg.train.max_epochs * steps_per_epoch
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
     timing_start, start_step = time.monotonic(), step
+    pace = (timing_start, start_step)  # (time, step) from which the pace of steps is measured
     train_budget_s = budget_s * (1 - RESERVE_FRACTION)
 
     def resize_schedule(per_step: float) -> int:
@@ -268,12 +293,16 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                                        metric_only=distill is None, views=data.views):
                 if total_steps == 0 and step - start_step == WARM_STEPS:
                     timing_start = time.monotonic()
+                    pace = (timing_start, step)
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
                     total_steps = resize_schedule((time.monotonic() - timing_start) / TIMING_STEPS)
                     log.info("schedule of %d steps (%.1f epochs)", total_steps, total_steps / steps_per_epoch)
                 limit = total_steps or max_steps
                 if step >= limit or time.monotonic() - t0 > budget_s * (1 - RESERVE_FRACTION / 2):
                     raise StopIteration
+                if not factored and step >= cfg.train.factor_at * limit:
+                    switch_to_factored()
+                    pace = (time.monotonic(), step)  # the thinner student's steps are faster: time them anew
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, limit, cfg)
                 x = batch.x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -302,8 +331,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                              "member": index, "members": of})
                 if step % cfg.train.eval_every_steps == 0:
                     evaluate_and_keep()
-                if total_steps and step % RESIZE_EVERY_STEPS == 0 and step > start_step + WARM_STEPS + TIMING_STEPS:
-                    per_step = (time.monotonic() - timing_start) / (step - start_step - WARM_STEPS)
+                if total_steps and step % RESIZE_EVERY_STEPS == 0 and step > pace[1] + TIMING_STEPS:
+                    per_step = (time.monotonic() - pace[0]) / (step - pace[1])
                     total_steps = resize_schedule(per_step)
     except StopIteration:
         pass
