@@ -48,7 +48,8 @@ def _data(n_people: int = 12, per: int = 3, px: int = 64) -> TrainingData:
 
 
 def _thin(encoder: nn.Module) -> list[int]:
-    return [i for i, b in enumerate(b for s in encoder.backbone.blocks for b in s) if isinstance(b.conv_pw, nn.Sequential)]
+    blocks = [b for stage in encoder.backbone.blocks for b in stage]
+    return [i for i, b in enumerate(blocks) if isinstance(b.conv_pw, nn.Sequential)]
 
 
 @pytest.mark.slow
