@@ -10,7 +10,9 @@ training, as low-rank compression of a trained network is usually done, inside o
 
 After the switch the optimiser starts afresh (the parameters are new), the learning-rate schedule continues, the
 best-so-far is reset (the saved model must have the factored shape that model.json records), and the factored
-student is evaluated at once (its start, in the run's history as ``"factored": true``).
+student is evaluated at once (its start, in the run's history as ``"factored": true``). A run that stops before
+the switch (its time, an interruption) factors its best full-rank weights at the end, so that what it saves always
+has the factored shape.
 """
 
 from __future__ import annotations

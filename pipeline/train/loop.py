@@ -339,6 +339,10 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: finishing with the best checkpoint", step)
         interrupted = True
+    if not factored:  # stopped before the switch (time, interruption): the saved model must be the factored shape
+        if (ckpt_dir / "best.safetensors").is_file():
+            ckpt.load_best(ckpt_dir, kept)
+        switch_to_factored()
     # an interrupted member is not done: a resumed run continues it
     if not history or history[-1]["step"] != step:
         evaluate_and_keep(done=not interrupted)

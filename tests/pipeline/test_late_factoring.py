@@ -75,6 +75,19 @@ def test_factoring_part_way_saves_the_factored_student_and_resumes_with_its_shap
                                atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_run_stopped_before_the_switch_still_saves_the_factored_shape(tmp_path: Path) -> None:
+    def stop(info: dict) -> None:
+        if info["step"] == 3:
+            raise KeyboardInterrupt
+
+    result = train(load_config(None, [*RUN, "train.factor_at=0.5"]), _data(), tmp_path / "stopped", on_step=stop)
+    state = json.loads((tmp_path / "stopped" / "checkpoint" / "state.json").read_text())
+    assert state["factored"] and not state["done"] and state["step"] == 3
+    assert [h["step"] for h in state["history"] if h.get("factored")] == [3]
+    assert _thin(load_model(result.model_dir).encoder) == [i for i, r in enumerate(RANKS) if r]
+
+
 def test_the_factored_start_is_the_trained_weights_factored(tmp_path: Path) -> None:
     """At the switch, the thinner student computes nearly what the trained full-rank one did on training faces."""
     from pipeline.model.encoder import build_encoder
