@@ -84,9 +84,7 @@ def conv_macs(enc: nn.Module, px: int) -> float:
 
 
 def build(shape: dict, calib: torch.Tensor) -> nn.Module:
-    from pipeline.model.inherit import inherit_sface
-
-    from pipeline.model.inherit import factor_pointwise
+    from pipeline.model.inherit import factor_pointwise, inherit_sface, ranked_blocks
 
     drop, ranks = list(shape.get("drop", [])), list(shape.get("ranks", []))
     sequential = bool(shape.get("sequential")) and any(ranks)  # each layer on the factored layers' outputs
@@ -95,8 +93,7 @@ def build(shape: dict, calib: torch.Tensor) -> nn.Module:
     enc = build_encoder("mobilenetv1_100", 128, head="flatten", input_px=PX, arch=arch)
     inherit_sface(enc, drop_blocks=tuple(drop), calib=calib)
     if sequential:
-        kept = [i for i in range(len(ranks)) if i not in drop]
-        factor_pointwise(enc, [(b, ranks[i]) for b, i in zip(_blocks(enc), kept) if ranks[i]], calib, sequential=True)
+        factor_pointwise(enc, ranked_blocks(enc, ranks, drop), calib, sequential=True)
     return enc.eval()
 
 

@@ -171,6 +171,13 @@ def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[in
     return net
 
 
+def ranked_blocks(encoder: nn.Module, pw_ranks: Any, drop_blocks: Any = ()) -> list[tuple[nn.Module, int]]:
+    """(block, rank) of every block ``pw_ranks`` factors; ranks are per SFace block, before any is left out."""
+    kept = [i for i in range(len(pw_ranks)) if i not in drop_blocks]
+    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    return [(blk, pw_ranks[i]) for blk, i in zip(blocks, kept) if pw_ranks[i]]
+
+
 def shape_head(encoder: nn.Module) -> None:
     """SFace's epsilon in the ``flatten`` head's two BatchNorms (part of the shape, like the blocks')."""
     for m in encoder.head.modules():

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.core.config import Config
-from pipeline.model.inherit import factor_pointwise, freeze_tail, low_rank_pw
+from pipeline.model.inherit import factor_pointwise, freeze_tail, ranked_blocks
 
 
 def is_late(cfg: Config) -> bool:
@@ -46,23 +46,9 @@ def factored_before(ckpt_dir: Path) -> bool:
         return False
 
 
-def _targets(encoder: nn.Module, cfg: Config) -> list[tuple[nn.Module, int]]:
-    """(block, rank) of every block ``model.pw_ranks`` factors (ranks are per SFace block, before any is left out)."""
-    kept = [i for i in range(len(cfg.model.pw_ranks)) if i not in cfg.model.drop_blocks]
-    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
-    return [(blk, cfg.model.pw_ranks[i]) for blk, i in zip(blocks, kept) if cfg.model.pw_ranks[i]]
-
-
-def reshape_factored(encoder: nn.Module, cfg: Config) -> None:
-    """Give a full-rank student the factored shape without fitting it (a resumed run then loads the weights)."""
-    for blk, rank in _targets(encoder, cfg):
-        conv = blk.conv_pw
-        blk.conv_pw = low_rank_pw(conv.in_channels, conv.out_channels, rank).to(conv.weight.device)
-
-
 def factor_trained(kept: nn.Module, cfg: Config, calib: torch.Tensor) -> None:
     """Factor the evaluated weights ``kept`` (the weight average, or the model when there is none) in place, on
     ``calib`` (model-input faces on the model's device)."""
-    factor_pointwise(kept, _targets(kept, cfg), calib)
+    factor_pointwise(kept, ranked_blocks(kept, cfg.model.pw_ranks, cfg.model.drop_blocks), calib)
     if cfg.model.freeze_blocks:  # the new convolutions of frozen blocks stay frozen
         freeze_tail(kept, cfg.model.freeze_blocks)

@@ -45,7 +45,7 @@ from pipeline.train.recipe import (
     build_loss,
     build_sampler,
 )
-from pipeline.train.late_factoring import factor_trained, factored_before, full_rank_arch, is_late, reshape_factored
+from pipeline.train.late_factoring import factor_trained, factored_before, full_rank_arch, is_late
 from pipeline.train.schedule import AnchorPull, lr_at, update_ema
 from pipeline.train.teacher_targets import attach_teacher, centre_teacher
 
@@ -191,19 +191,17 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(device, cfg.train.amp)
 
-    late = is_late(cfg)  # full rank first, factored at train.factor_at of the schedule
+    resuming = resume and ckpt.has_checkpoint(ckpt_dir)
+    # train.factor_at: full rank first (a resumed run after the switch is built factored: its checkpoint is)
+    factored = not is_late(cfg) or (resuming and factored_before(ckpt_dir))
     model = build_encoder(backbone, cfg.model.embedding_dim, pretrained=cfg.model.pretrained,
                           pretrained_file=cfg.model.pretrained_file, head=cfg.model.head,
                           input_px=cfg.data.image_size_px, dropout=cfg.model.head_dropout, view=view,
-                          arch=full_rank_arch(model_arch(cfg)) if late else model_arch(cfg))
-    resuming = resume and ckpt.has_checkpoint(ckpt_dir)
-    factored = not late or (resuming and factored_before(ckpt_dir))
+                          arch=model_arch(cfg) if factored else full_rank_arch(model_arch(cfg)))
     if cfg.model.inherit and (not resuming or cfg.train.anchor_decay > 0):
         # a resumed run loads its weights from the checkpoint below; it needs the teacher's only as the anchor's start
         inherit_sface(model, drop_blocks=tuple(cfg.model.drop_blocks),
-                      calib=calibration_faces(cfg, data.images, seed) if any(cfg.model.pw_ranks) and not late else None)
-    if late and factored:  # resumed after the switch: the checkpoint holds factored weights
-        reshape_factored(model, cfg)
+                      calib=calibration_faces(cfg, data.images, seed) if factored and any(cfg.model.pw_ranks) else None)
     if cfg.model.freeze_blocks:
         log.info("%d parameters keep the teacher's weights", freeze_tail(model, cfg.model.freeze_blocks))
     loss_fn = build_loss(cfg, len(data.class_names))
@@ -259,15 +257,14 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
                                                            "factored": factored})
 
     def switch_to_factored() -> None:
-        # the trained weights that are evaluated are factored; the model to train restarts from them
-        nonlocal model, ema, kept, extra, opt, best_auc, factored
+        # the evaluated weights (the average, else the model) are factored in place; the model to train restarts
+        # from them
+        nonlocal model, extra, opt, best_auc, factored
         factor_trained(kept, cfg, calibration_faces(cfg, data.images, seed).to(device))
-        kept = kept.to(memory_format=memory_format)
+        kept.to(memory_format=memory_format)
         if ema is not None:
-            ema, model = kept, copy.deepcopy(kept)
+            model = copy.deepcopy(ema).train()
             extra = nn.ModuleDict({"loss": losses, "ema": ema})
-        model = model.train()
-        kept = ema if ema is not None else model
         opt, best_auc, factored = optimiser(), -1.0, True  # the saved best must have the factored shape
         evaluate_and_keep(factored=True)
         log.info("step %d: 1x1 convolutions factored to ranks %s", step, list(cfg.model.pw_ranks))
@@ -275,8 +272,8 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
     max_steps = cfg.train.max_epochs * steps_per_epoch
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
-    timing_start, start_step = time.monotonic(), step
-    pace = (timing_start, start_step)  # (time, step) from which the pace of steps is measured
+    start_step = step
+    pace = (time.monotonic(), step)  # (time, step) from which the pace of steps is measured
     train_budget_s = budget_s * (1 - RESERVE_FRACTION)
 
     def resize_schedule(per_step: float) -> int:
@@ -292,10 +289,9 @@ def _train_member(cfg: Config, data: TrainingData, ckpt_dir: Path, backbone: str
             for batch in epoch_batches(sampler, data.images, data.labels, cfg, seed, epoch, device,
                                        metric_only=distill is None, views=data.views):
                 if total_steps == 0 and step - start_step == WARM_STEPS:
-                    timing_start = time.monotonic()
-                    pace = (timing_start, step)
+                    pace = (time.monotonic(), step)
                 if total_steps == 0 and step - start_step == WARM_STEPS + TIMING_STEPS:
-                    total_steps = resize_schedule((time.monotonic() - timing_start) / TIMING_STEPS)
+                    total_steps = resize_schedule((time.monotonic() - pace[0]) / TIMING_STEPS)
                     log.info("schedule of %d steps (%.1f epochs)", total_steps, total_steps / steps_per_epoch)
                 limit = total_steps or max_steps
                 if step >= limit or time.monotonic() - t0 > budget_s * (1 - RESERVE_FRACTION / 2):
