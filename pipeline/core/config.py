@@ -48,6 +48,10 @@ class DataConfig:
     cache_dir: str = ""  # aligned crops and teacher embeddings ("" = $FACEPIPE_CACHE or ~/.cache/facepipe)
 
 
+# The default student's ranks (one per SFace block conv_2 .. conv_14; 0 = full): "ranks F" of docs/training.md
+RANKS_F = (0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The shared encoder: timm backbone + embedding head."""
@@ -70,8 +74,9 @@ class ModelConfig:
     drop_blocks: tuple[int, ...] = ()  # with inherit: which of SFace's 512-wide blocks (6..10) to leave out
     freeze_blocks: int = 0  # with inherit: the last N blocks keep the teacher's weights (not trained)
     # with inherit: one rank per SFace block (13, 0 = full): its 1x1 convolution becomes two thinner ones
-    # (C_in -> r -> C_out) started from the teacher's weight factored on training faces (pipeline/model/inherit.py)
-    pw_ranks: tuple[int, ...] = ()
+    # (C_in -> r -> C_out) factored on training faces (pipeline/model/inherit.py). Default: ranks F, 7 blocks thinner,
+    # >= 5x the teacher's images/s (docs/training.md, "Session 17"); () = the full shape (configs/accurate.toml)
+    pw_ranks: tuple[int, ...] = RANKS_F
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class TrainConfig:
     anchor_decay: float = 0.0
     # with model.pw_ranks: train the full-rank student first and factor ITS 1x1 convolutions (on training faces) at
     # this share of the schedule, then train on (`pipeline.train.late_factoring`); 0 = factor the teacher's at start
-    factor_at: float = 0.0
+    factor_at: float = 0.5
     threads: int = 0  # 0: torch default
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps
     amp: str = "auto"  # autocast: auto (bf16/fp16 on accelerators, off on the CPU) | bf16 | fp16 | off
@@ -194,6 +199,8 @@ OTHER_BACKBONE_DEFAULTS: dict[tuple[str, str], Any] = {
     # teacher views helped the inherited student (session 13) but cost a resnet10t from timm's initialisation
     # TAR@1e-3 (0.52 -> 0.37 at 20 minutes, session 7)
     ("distill", "views"): 0,
+    # factoring acts on SFace's blocks: a network that does not inherit them keeps its full shape
+    ("model", "pw_ranks"): (), ("train", "factor_at"): 0.0,
 }
 
 
@@ -331,7 +338,8 @@ def validate(cfg: Config) -> None:
          f"model.inherit='sface' (got stem_stride={mc.stem_stride}, drop_blocks={list(mc.drop_blocks)}, "
          f"freeze_blocks={mc.freeze_blocks}; without inheriting, set model.stem_stride=1 and leave the others out)"),
         (not any(mc.pw_ranks) or mc.inherit,
-         f"model.pw_ranks={list(mc.pw_ranks)} factors SFace's convolutions: it needs model.inherit='sface'"),
+         f"model.pw_ranks={list(mc.pw_ranks)} factors SFace's convolutions: it needs model.inherit='sface' "
+         "(without inheriting, set model.pw_ranks=[] and train.factor_at=0)"),
         (not cfg.train.factor_at or any(mc.pw_ranks),
          f"train.factor_at={cfg.train.factor_at} factors the trained student's convolutions to model.pw_ranks: "
          "set them (or leave train.factor_at at 0)"),
