@@ -42,6 +42,7 @@ from pipeline.evaluate.metrics import best_accuracy_threshold, roc_auc  # noqa: 
 from pipeline.faces.crop_cache import AlignedCropCache  # noqa: E402
 from pipeline.faces.loader import FacePreprocessing, build_aligner, load_faces  # noqa: E402
 from pipeline.model.embed import to_input  # noqa: E402
+from pipeline.model.inherit import blocks_of  # noqa: E402
 from pipeline.model.encoder import build_encoder  # noqa: E402
 from pipeline.model.fold import inference_copy  # noqa: E402
 from pipeline.model.runtime import OpenCVRunner, export_onnx  # noqa: E402
@@ -97,10 +98,6 @@ def build(shape: dict, calib: torch.Tensor) -> nn.Module:
     return enc.eval()
 
 
-def _blocks(enc: nn.Module) -> list[nn.Module]:
-    return [b for stage in enc.backbone.blocks for b in stage]
-
-
 @torch.no_grad()
 def batch_statistics(enc: nn.Module, calib: torch.Tensor) -> nn.Module:
     """A copy whose BatchNorm statistics are re-estimated on the calibration faces (what training's first steps
@@ -151,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             e = nn.functional.normalize(torch.cat([enc(xd[s: s + 64]) for s in range(0, len(xd), 64)]), dim=1).numpy()
         return e, np.array([float(e[i] @ e[j]) for i, j, _ in both])
 
-    teacher_pw = [b.conv_pw.weight[:, :, 0, 0] for b in _blocks(build({"name": "full"}, calib))]
+    teacher_pw = [b.conv_pw.weight[:, :, 0, 0] for b in blocks_of(build({"name": "full"}, calib).backbone)]
     for shape in shapes:
         enc = build(shape, calib)
         e, scores = dev_auc(enc)
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = [i for i in range(len(teacher_pw)) if i not in shape.get("drop", [])]
         with torch.no_grad():
             growth = [float(torch.linalg.norm(b.conv_pw[1].weight[:, :, 0, 0] @ b.conv_pw[0].weight[:, :, 0, 0])
-                            / torch.linalg.norm(teacher_pw[i])) for b, i in zip(_blocks(enc), kept)
+                            / torch.linalg.norm(teacher_pw[i])) for b, i in zip(blocks_of(enc.backbone), kept)
                       if isinstance(b.conv_pw, nn.Sequential)]
         x = xd[:512].contiguous()
         runner = OpenCVRunner(export_onnx(inference_copy(enc, x[:4]), x[:4]))

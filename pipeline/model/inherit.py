@@ -135,6 +135,11 @@ def low_rank_pw(cin: int, cout: int, rank: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, rank, 1, bias=False), nn.Conv2d(rank, cout, 1, bias=False))
 
 
+def blocks_of(net: nn.Module) -> list[nn.Module]:
+    """A timm ``mobilenetv1_100``'s blocks (an encoder's ``backbone``) in order; timm groups them in stages."""
+    return [blk for stage in net.blocks for blk in stage]
+
+
 def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[int, ...] = (),
                   pw_ranks: tuple[int, ...] = ()) -> nn.Module:
     """Make a timm ``mobilenetv1_100`` SFace-shaped: stem stride, PReLU everywhere, blocks dropped, pointwise
@@ -160,7 +165,7 @@ def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[in
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eps = _BLOCK_EPS
     check_pw_ranks(pw_ranks, drop_blocks)
-    blocks = [b for stage in net.blocks for b in stage]  # before dropping: the flattened index is SFace's block index
+    blocks = blocks_of(net)  # before dropping: the flattened index is SFace's block index
     for blk, r in zip(blocks, pw_ranks):
         if r:
             blk.conv_pw = low_rank_pw(blk.conv_pw.in_channels, blk.conv_pw.out_channels, r)
@@ -174,7 +179,7 @@ def shape_student(net: nn.Module, *, stem_stride: int = 1, drop_blocks: tuple[in
 def ranked_blocks(encoder: nn.Module, pw_ranks: Any, drop_blocks: Any = ()) -> list[tuple[nn.Module, int]]:
     """(block, rank) of every block ``pw_ranks`` factors; ranks are per SFace block, before any is left out."""
     kept = [i for i in range(len(pw_ranks)) if i not in drop_blocks]
-    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    blocks = blocks_of(encoder.backbone)
     return [(blk, pw_ranks[i]) for blk, i in zip(blocks, kept) if pw_ranks[i]]
 
 
@@ -201,7 +206,7 @@ def inherit_sface(encoder: nn.Module, *, drop_blocks: tuple[int, ...] = (), cali
     _conv(net.conv_stem, w["conv_1_conv2d_weight"], scale=_SFACE_SCALE * 127.5)
     _bn(net.bn1, w, "conv_1_batchnorm", _BLOCK_EPS)
     _prelu(net.bn1, w, "conv_1_relu_gamma")
-    blocks = [blk for stage in net.blocks for blk in stage]
+    blocks = blocks_of(net)
     kept = [i for i in range(_N_BLOCKS) if i not in drop_blocks]
     if len(blocks) != len(kept):
         raise ConfigError(f"the student has {len(blocks)} blocks; dropping {list(drop_blocks)} leaves {len(kept)}")
@@ -295,11 +300,11 @@ def factor_pointwise(encoder: nn.Module, factored: list[tuple[nn.Module, int]], 
     """
     was = encoder.training
     encoder.eval()
-    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    blocks = blocks_of(encoder.backbone)
     factored = sorted(factored, key=lambda br: blocks.index(br[0]))
     if sequential:
         reference = copy.deepcopy(encoder)  # stays full-rank
-        ref_blocks = [blk for stage in reference.backbone.blocks for blk in stage]
+        ref_blocks = blocks_of(reference.backbone)
     else:  # every layer's input moments in one pass of the full-rank network, before any layer changes
         moments = _input_moments(encoder, [blk.conv_pw for blk, _ in factored], calib, batch)[0]
     kept = []
@@ -367,7 +372,7 @@ def freeze_tail(encoder: nn.Module, n_blocks: int) -> int:
     keep what the teacher learnt from millions of faces, and the few trainable weights have less to memorise.
     Returns the number of frozen parameters.
     """
-    blocks = [blk for stage in encoder.backbone.blocks for blk in stage]
+    blocks = blocks_of(encoder.backbone)
     if not 0 <= n_blocks <= len(blocks):
         raise ConfigError(f"model.freeze_blocks={n_blocks} must be in [0, {len(blocks)}]")
     frozen = 0

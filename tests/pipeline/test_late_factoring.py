@@ -18,11 +18,12 @@ from pipeline.data.splits import Split
 from pipeline.evaluate.evalset import EvalSet
 from pipeline.model.artifacts import load_model
 from pipeline.model.embed import embed_array
+from pipeline.model.inherit import blocks_of
 from pipeline.train.late_factoring import full_rank_arch, is_late
 from pipeline.train.loop import train
 from pipeline.train.prepare import TrainingData
 
-RANKS = [0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192]  # ranks F (configs/fast.toml)
+RANKS = [0, 0, 32, 0, 64, 0, 96, 96, 96, 96, 96, 0, 192]  # ranks F (the default)
 RUN = ["data.image_size_px=64", "data.crop_fraction=1.0", "train.augment=false", "train.minutes=3",
        "train.max_steps=12", "train.eval_every_steps=4", "train.identities_per_batch=4", "eval.flip_tta=false",
        "distill.teacher=precomputed", "distill.teacher_file=unused.parquet", "distill.extra_per_batch=8",
@@ -48,8 +49,7 @@ def _data(n_people: int = 12, per: int = 3, px: int = 64) -> TrainingData:
 
 
 def _thin(encoder: nn.Module) -> list[int]:
-    blocks = [b for stage in encoder.backbone.blocks for b in stage]
-    return [i for i, b in enumerate(blocks) if isinstance(b.conv_pw, nn.Sequential)]
+    return [i for i, b in enumerate(blocks_of(encoder.backbone)) if isinstance(b.conv_pw, nn.Sequential)]
 
 
 @pytest.mark.slow

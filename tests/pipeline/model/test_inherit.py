@@ -13,7 +13,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError, ModelArtifactError
 from pipeline.model.artifacts import load_model, save_model
 from pipeline.model.encoder import build_encoder
-from pipeline.model.inherit import inherit_sface, sface_arrays
+from pipeline.model.inherit import blocks_of, inherit_sface, sface_arrays
 
 
 def _needs(module: str):
@@ -74,7 +74,7 @@ def test_faster_shapes_keep_the_teachers_knowledge(faces):
 def test_drop_blocks_maps_the_remaining_teacher_blocks():
     w = sface_arrays()
     enc = _student(64, 2, drop=(6, 8, 10))
-    blocks = [b for stage in enc.backbone.blocks for b in stage]
+    blocks = blocks_of(enc.backbone)
     assert len(blocks) == 10
     # flattened student block 6 is SFace's block 7 (conv_9) once block 6 (conv_8) is gone
     np.testing.assert_allclose(blocks[6].conv_pw.weight.detach().numpy().reshape(512, 512),
@@ -136,7 +136,7 @@ def test_freeze_tail_keeps_the_teachers_deep_blocks():
 
     enc = _student(64, 2)
     frozen = freeze_tail(enc, 7)
-    blocks = [b for stage in enc.backbone.blocks for b in stage]
+    blocks = blocks_of(enc.backbone)
     assert all(not p.requires_grad for b in blocks[6:] for p in b.parameters())
     assert all(p.requires_grad for b in blocks[:6] for p in b.parameters())
     assert frozen == sum(p.numel() for b in blocks[6:] for p in b.parameters())
@@ -156,13 +156,14 @@ def test_train_cli_inherits_and_records_it(synthetic_folders, tmp_path):
                  "--set", "data.face_detector=none", "--set", "data.image_size_px=64", "--set", "distill.teacher=",
                  "--set", "model.backbone=mobilenetv1_100", "--set", "model.head=flatten",
                  "--set", "model.inherit=sface", "--set", "model.stem_stride=2", "--set", "model.freeze_blocks=2",
+                 "--set", "model.pw_ranks=", "--set", "train.factor_at=0",  # the full shape: blocks keep SFace's
                  "--set", "train.max_steps=3", "--set", "train.member_shares=",
                  "--set", "train.identities_per_batch=4"]) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["arch"] == {"shape": "sface", "stem_stride": 2, "drop_blocks": []}
     assert meta["training"]["inherited_from"]["sha256"] == MODEL_FILES["sface"].sha256
     loaded = load_model(out)
-    last = [b for stage in loaded.encoder.backbone.blocks for b in stage][-1]
+    last = blocks_of(loaded.encoder.backbone)[-1]
     np.testing.assert_allclose(last.conv_pw.weight.detach().numpy().reshape(1024, 1024),
                                sface_arrays()["conv_14_conv2d_weight"].reshape(1024, 1024))
 
@@ -172,7 +173,7 @@ def test_inherit_config_file_is_the_default_at_80_px_without_views():
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / "inherit.toml")
     # session 8's measured recipe: the default at 80 px, without the teacher views that came in session 13
-    assert cfg == load_config(None, ["data.image_size_px=80", "distill.views=0"])
+    assert cfg == load_config(None, ["data.image_size_px=80", "distill.views=0", "model.pw_ranks=", "train.factor_at=0"])
     assert (cfg.model.backbone, cfg.model.head, cfg.model.inherit, cfg.model.stem_stride) == (
         "mobilenetv1_100", "flatten", "sface", 2)
     assert (cfg.data.image_size_px, cfg.train.lr, cfg.distill.teacher, cfg.eval.flip_tta) == (80, 2e-4, "sface", False)
