@@ -1,12 +1,13 @@
 """Factor the student's 1x1 convolutions part-way through a run (``train.factor_at``), not at its start.
 
-The default factored student (``model.pw_ranks`` alone) starts from the rank-r factorisation of the *teacher's*
-weights at stride 2, an untrained student far from its trained accuracy (dev AUC 0.854 for ranks F, session 16),
+A factored student with ``train.factor_at = 0`` starts from the rank-r factorisation of the *teacher's* weights at
+stride 2, an untrained student far from its trained accuracy (dev AUC 0.854 for ranks F, session 16),
 and spends its hour both adapting to stride 2 and recovering the rank it lost. With ``train.factor_at = f`` the
 run first trains the full-rank student for a share f of its schedule, then factors *those* trained weights (the
 weight average's, which is what is evaluated and saved) on the same calibration faces
 (:func:`pipeline.model.inherit.factor_pointwise`) and trains the thinner student for the rest: compression after
-training, as low-rank compression of a trained network is usually done, inside one time budget.
+training, as low-rank compression of a trained network is usually done, inside one time budget. The default
+(session 18): ranks F at f = 0.3.
 
 After the switch the optimiser starts afresh (the parameters are new), the learning-rate schedule continues, the
 best-so-far is reset (the saved model must have the factored shape that model.json records), and the factored

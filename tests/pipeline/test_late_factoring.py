@@ -115,9 +115,16 @@ def test_the_factored_start_is_the_trained_weights_factored(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("sets, match", [
     (["train.factor_at=1.0"], r"train.factor_at=1.0 is a share"),
-    (["train.factor_at=0.5", "model.pw_ranks=[]"], "set them"),
     (["train.factor_at=0.5", "train.anchor_decay=0.1"], "cannot both be set"),
 ])
 def test_config_refuses_factoring_that_cannot_happen(sets, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [f"model.pw_ranks={json.dumps(RANKS)}", *sets])
+
+
+def test_without_ranks_the_default_share_is_ignored_not_refused():
+    # the default's factor_at (0.3) with the ranks cleared: a full-rank run, and the anchor is allowed again
+    cfg = load_config(None, ["model.pw_ranks=", "train.anchor_decay=0.1"])
+    assert cfg.train.factor_at == 0.3 and not is_late(cfg)
+    with pytest.raises(ConfigError, match="set train.factor_at=0 to anchor"):
+        load_config(None, ["train.anchor_decay=0.1"])  # the default's ranks are factored: no anchor

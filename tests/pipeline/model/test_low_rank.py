@@ -209,7 +209,7 @@ def test_calibration_faces_are_a_seeded_sample_of_training_faces():
     assert calibration_faces(cfg, images, 7, n=100).shape[0] == 40  # never more than there are
 
 
-def test_default_is_ranks_f_factored_half_way_and_accurate_config_is_the_full_shape():
+def test_default_is_ranks_f_factored_part_way_and_accurate_config_is_the_full_shape():
     from pathlib import Path
 
     default = load_config(None)
@@ -228,5 +228,9 @@ def test_a_backbone_that_does_not_inherit_sface_keeps_its_full_shape():
     # the default backbone without inheriting is refused in one line that says what to set
     assert load_config(None, ["model.backbone=resnet10t"]).model.pw_ranks == ()
     assert load_config(None, ["model.backbone=resnet10t"]).train.factor_at == 0.0
-    with pytest.raises(ConfigError, match=r"set model.pw_ranks=\[\] and train.factor_at=0"):
+    with pytest.raises(ConfigError, match=r"without inheriting, set model.pw_ranks=\[\]"):
         load_config(None, ["model.inherit=", "model.stem_stride=1"])
+    # ... and clearing the ranks alone gives a full-rank run (the default's factor_at has nothing to factor)
+    from pipeline.train.late_factoring import is_late
+    plain = load_config(None, ["model.inherit=", "model.stem_stride=1", "model.pw_ranks="])
+    assert not plain.model.pw_ranks and not is_late(plain) and is_late(load_config(None))
