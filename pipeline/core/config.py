@@ -75,7 +75,7 @@ class ModelConfig:
     freeze_blocks: int = 0  # with inherit: the last N blocks keep the teacher's weights (not trained)
     # with inherit: one rank per SFace block (13, 0 = full): its 1x1 convolution becomes two thinner ones
     # (C_in -> r -> C_out) factored on training faces (pipeline/model/inherit.py). Default: ranks F, 7 blocks thinner,
-    # >= 5x the teacher's images/s (docs/training.md, "Session 17"); () = the full shape (configs/accurate.toml)
+    # >= 5x the teacher's images/s (docs/training.md, "Session 18"); () = the full shape (configs/accurate.toml)
     pw_ranks: tuple[int, ...] = RANKS_F
 
 

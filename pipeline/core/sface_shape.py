@@ -39,4 +39,5 @@ def check_pw_ranks(pw_ranks: Sequence[int], drop_blocks: Sequence[int] = ()) -> 
             raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} ({cin} -> {cout} channels) takes a rank in "
                               f"[1, {most}] (fewer multiply-adds than the full convolution) or 0 (full)")
         if r and i in drop_blocks:
-            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} is left out (model.drop_blocks); its rank must be 0")
+            raise ConfigError(f"model.pw_ranks[{i}]={r}: block {i} is left out (model.drop_blocks); its rank must be 0 "
+                              "(model.pw_ranks=[] keeps every block at full rank)")

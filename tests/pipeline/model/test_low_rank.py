@@ -234,3 +234,7 @@ def test_a_backbone_that_does_not_inherit_sface_keeps_its_full_shape():
     from pipeline.train.late_factoring import is_late
     plain = load_config(None, ["model.inherit=", "model.stem_stride=1", "model.pw_ranks="])
     assert not plain.model.pw_ranks and not is_late(plain) and is_late(load_config(None))
+    # leaving a block out of the default (whose ranks factor it) says how to keep the full shape
+    with pytest.raises(ConfigError, match=r"model.pw_ranks=\[\] keeps every block at full rank"):
+        load_config(None, ["model.drop_blocks=[6]"])
+    assert load_config(None, ["model.drop_blocks=[6]", "model.pw_ranks="]).model.drop_blocks == (6,)
