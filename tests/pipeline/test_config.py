@@ -37,10 +37,13 @@ def test_the_default_recipe_settings_follow_the_backbone(tmp_path: Path) -> None
     assert teacher_views_per_image(load_config(None, ["train.minutes=3"])) == 0
     assert teacher_views_per_image(load_config(None, ["distill.views=0"])) == 0
     assert teacher_views_per_image(load_config(None, ["distill.views=3", "train.minutes=3"])) == 3
+    # the teacher's neighbourhood term: off for the inherited student (session 19), on for another backbone
+    assert default.distill.bank_weight == 0.0 and default.distill.cosine_weight == default.distill.relation_weight == 1
     other = load_config(None, ["model.backbone=resnet10t"])
     assert (other.model.inherit, other.model.head, other.model.stem_stride, other.data.image_size_px,
-            other.train.lr, other.distill.views) == ("", "gap", 1, 80, 2e-3, 0)
-    assert dataclasses.replace(other.distill, views=-1) == default.distill  # the rest is shared
+            other.train.lr, other.distill.views, other.distill.bank_weight) == ("", "gap", 1, 80, 2e-3, 0, 1.0)
+    assert dataclasses.replace(other.distill, views=-1, bank_weight=0.0) == default.distill  # the rest is shared
+    assert load_config(None, ["model.backbone=resnet10t", "distill.bank_weight=0"]).distill.bank_weight == 0
     assert other.train.minutes == default.train.minutes
     mine = load_config(None, ["model.backbone=resnet10t", "model.head=flatten", "data.image_size_px=64"])
     assert (mine.model.head, mine.data.image_size_px, mine.train.lr) == ("flatten", 64, 2e-3)

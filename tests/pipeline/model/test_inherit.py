@@ -168,12 +168,14 @@ def test_train_cli_inherits_and_records_it(synthetic_folders, tmp_path):
                                sface_arrays()["conv_14_conv2d_weight"].reshape(1024, 1024))
 
 
-def test_inherit_config_file_is_the_default_at_80_px_without_views():
+def test_inherit_config_file_is_the_default_at_80_px_as_measured_then():
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / "inherit.toml")
-    # session 8's measured recipe: the default at 80 px, without the teacher views that came in session 13
-    assert cfg == load_config(None, ["data.image_size_px=80", "distill.views=0", "model.pw_ranks=", "train.factor_at=0"])
+    # session 8's measured recipe: the default at 80 px, without the teacher views that came in session 13, at full
+    # rank (factoring came in session 15) and with the neighbourhood term (off in the default since session 19)
+    assert cfg == load_config(None, ["data.image_size_px=80", "distill.views=0", "model.pw_ranks=", "train.factor_at=0",
+                                     "distill.bank_weight=1"])
     assert (cfg.model.backbone, cfg.model.head, cfg.model.inherit, cfg.model.stem_stride) == (
         "mobilenetv1_100", "flatten", "sface", 2)
     assert (cfg.data.image_size_px, cfg.train.lr, cfg.distill.teacher, cfg.eval.flip_tta) == (80, 2e-4, "sface", False)
