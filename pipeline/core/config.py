@@ -151,7 +151,7 @@ class DistillConfig:
     cosine_weight: float = 1.0  # per image: 1 - cos(projected student, teacher)
     relation_weight: float = 1.0  # the batch's student vs teacher similarity matrices (mean squared difference)
     # the teacher's neighbourhood over all training images (KL of softmax similarities): off for the inherited
-    # student (session 19: TAR@1e-3 0.87 -> 0.92 without it); on for other backbones (OTHER_BACKBONE_DEFAULTS)
+    # student (session 19: TAR@1e-3 0.87 -> 0.92-0.94 without it); on for other backbones (OTHER_BACKBONE_DEFAULTS)
     bank_weight: float = 0.0
     bank_temperature: float = 0.1  # softmax temperature of that term: small = the nearest neighbours count most
     # "auto": subtract the training images' mean teacher embedding (then re-normalise) when that mean's norm is
